@@ -1,0 +1,232 @@
+"""The faust-streaming app: router, function processor, durable timers, simple dispatcher.
+
+Commit order (why nothing accepted is lost):
+
+1. An agent handles one record: load state → pure decision → write the faust table
+   (changelogged, RocksDB) → send outputs with the idempotent producer and **await the
+   broker's ack** before taking the next record.
+2. faust flushes its own producer (the changelogs) before it commits the source offset.
+3. So a crash anywhere replays the record; every handler is idempotent (deterministic run
+   ids, first result wins per (job, attempt), timers re-checked against run state).
+
+Timers: deadlines live in the changelogged ``timers`` table (key: big-endian due ms ‖ id);
+each process keeps a heap of its active partitions' timers, rebuilt after each rebalance,
+and a 20 ms task sends a ``TimerFired`` command back through ``sg.commands`` (tables may
+only change inside an agent). The agent re-checks it against the run.
+
+Dispatcher (simple for now): the job of a run whose command arrived on partition p goes to
+``sg.work.<app>`` partition p — the per-partition work-queue shape of DESIGN.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import json
+import logging
+import time
+
+import faust
+
+from ..kafka_clients import AsyncProducer, CompactedView
+from ..partitioning import function_key, partition_for
+from ..settings import Settings
+from ..state.codecs import parse_timer_key, timer_key
+from ..state.run_state import RunState
+from ..topics import ensure_core_topics, ensure_work_topic
+from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
+from .routing import TriggerIndex, triggers_for
+from .run_decisions import DeleteTimer, Dispatch, StartTimer, decide
+
+log = logging.getLogger("sluicegate.processor")
+
+REGISTRY_WAIT_S = 2.0       # how long an unmatched live event waits for the registry to catch up
+LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the registry
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _broker_url(bootstrap: str) -> str:
+    return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(","))
+
+
+class Processor:
+    """Holds the faust app and its helpers; ``create_app`` builds one."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = s = settings
+        self.app = faust.App(
+            s.processor_id,
+            broker=_broker_url(s.bootstrap_servers),
+            store="rocksdb://",
+            datadir=str(s.data_dir / "processor"),
+            topic_partitions=s.partitions,
+            topic_replication_factor=s.replication_factor,
+            table_standby_replicas=0,
+            broker_session_timeout=s.session_timeout_s,
+            broker_heartbeat_interval=1.0,
+            broker_commit_interval=s.commit_interval_s,
+            consumer_auto_offset_reset="earliest",
+            topic_disable_leader=True,
+            web_enabled=False,
+            producer_acks=-1,
+        )
+        self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
+        self.commands_topic = self.app.topic(s.commands_topic, key_serializer="raw", value_serializer="raw")
+        self.runs = self.app.Table("runs", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self.timers = self.app.Table("timers", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self.index = TriggerIndex()
+        self.registry: CompactedView | None = None
+        self.producer: AsyncProducer | None = None
+        self._heap: list[tuple[int, str, bytes]] = []
+        self._heap_dirty = True
+        self._work_topics: set[str] = set()
+        self._wire()
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def _on_registry_change(self, _key: str, _value: object) -> None:
+        assert self.registry is not None
+        self.index.rebuild([v for v in self.registry.items.values() if isinstance(v, FunctionDefinition)])
+
+    def _wire(self) -> None:
+        app = self.app
+
+        @app.on_rebalance_complete.connect
+        async def _rebalanced(sender: object = None, **kw: object) -> None:
+            self._heap_dirty = True
+
+        @app.task
+        async def _start_clients() -> None:
+            self._ensure_clients()
+
+        app.agent(self.events_topic, name="sluicegate.router")(self._route)
+        app.agent(self.commands_topic, name="sluicegate.functions")(self._functions)
+        app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
+
+    def _ensure_clients(self) -> None:
+        if self.producer is None:
+            self.producer = AsyncProducer(self.settings.bootstrap_servers)
+        if self.registry is None:
+            self.registry = CompactedView(
+                self.settings.bootstrap_servers, self.settings.registry_topic,
+                FunctionDefinition.model_validate_json, self._on_registry_change,
+            )
+            self.registry.start()
+            self._on_registry_change("", None)
+
+    # -- router: sg.events -> sg.commands --------------------------------------------------
+
+    async def _route(self, stream: faust.StreamT) -> None:
+        loop = asyncio.get_running_loop()
+        async for value in stream:
+            self._ensure_clients()
+            assert self.registry is not None and self.producer is not None
+            try:
+                event = EventRecord.model_validate_json(value)
+            except ValueError:
+                log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
+                continue
+            functions = self.index.match(event)
+            if not functions and now_ms() - event.received_at < LIVE_EVENT_WINDOW_MS \
+                    and self.registry.caught_up_at * 1000 <= event.received_at:
+                # A function registered just before this event may not be in our view yet.
+                await loop.run_in_executor(None, self.registry.wait_caught_up,
+                                           event.received_at / 1000, REGISTRY_WAIT_S)
+                functions = self.index.match(event)
+            if not functions:
+                continue
+            records = []
+            for trig in triggers_for(event, functions):
+                key = function_key(trig.app_id, trig.function_id)
+                records.append((key, trig.dumps(), partition_for(key, self.settings.partitions)))
+            await self.producer.send_to(self.settings.commands_topic, records)
+
+    # -- function processor: sg.commands -> state, sg.work.<app>, sg.runs ------------------
+
+    async def _functions(self, stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            self._ensure_clients()
+            try:
+                cmd = command_adapter.validate_json(event.value)
+            except ValueError:
+                log.warning("functions: dropped an undecodable command")
+                continue
+            await self._handle(cmd, event.message.partition)
+
+    async def _handle(self, cmd: Trigger | StepOutcome | TimerFired, partition: int) -> None:
+        assert self.producer is not None
+        raw = self.runs.get(cmd.run_id.encode())
+        run = RunState.model_validate_json(raw) if raw is not None else None
+        now = now_ms()
+        decision = decide(run, cmd, now)
+        if decision.note:
+            log.debug("run %s: %s", cmd.run_id, decision.note)
+        if not decision.changed or decision.state is None:
+            return
+        state = decision.state
+        self.runs[state.run_id.encode()] = state.model_dump_json().encode()
+        work = self.settings.work_topic(state.app_id)
+        sends: list[tuple[str, list[tuple[str, bytes | None, int]]]] = []
+        for action in decision.actions:
+            if isinstance(action, Dispatch):
+                if work not in self._work_topics:
+                    await asyncio.get_running_loop().run_in_executor(
+                        None, ensure_work_topic, self.settings, state.app_id)
+                    self._work_topics.add(work)
+                sends.append((work, [(state.run_id, action.job.dumps(), partition)]))
+            elif isinstance(action, StartTimer):
+                key = timer_key(action.due_ms, action.timer_id)
+                value = json.dumps({"app_id": state.app_id, "function_id": state.function_id,
+                                    "run_id": state.run_id}).encode()
+                self.timers[key] = value
+                heapq.heappush(self._heap, (action.due_ms, action.timer_id, value))
+            elif isinstance(action, DeleteTimer):
+                self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
+        view = state.view().dumps()
+        sends.append((self.settings.runs_topic,
+                      [(state.run_id, view, partition_for(state.run_id, self.settings.partitions))]))
+        await asyncio.gather(*(self.producer.send_to(topic, recs) for topic, recs in sends))
+
+    # -- timers ----------------------------------------------------------------------------
+
+    def _rebuild_heap(self) -> None:
+        heap = []
+        for key, value in self.timers.items():
+            due, timer_id = parse_timer_key(key)
+            heap.append((due, timer_id, value))
+        heapq.heapify(heap)
+        self._heap = heap
+        self._heap_dirty = False
+        log.info("timers: rebuilt index with %d pending timer(s)", len(heap))
+
+    async def _fire_due_timers(self) -> None:
+        if self.producer is None or self.app.rebalancing:
+            return
+        if self._heap_dirty:
+            self._rebuild_heap()
+        now = now_ms()
+        records = []
+        while self._heap and self._heap[0][0] <= now:
+            _due, timer_id, value = heapq.heappop(self._heap)
+            target = json.loads(value)
+            cmd = TimerFired(timer_id=timer_id, **target)
+            key = function_key(cmd.app_id, cmd.function_id)
+            records.append((key, cmd.dumps(), partition_for(key, self.settings.partitions)))
+        if records:
+            await self.producer.send_to(self.settings.commands_topic, records)
+
+
+def create_processor(settings: Settings) -> Processor:
+    ensure_core_topics(settings)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return Processor(settings)
+
+
+def run_processor(settings: Settings) -> None:
+    """Run the processor in the foreground until SIGTERM/SIGINT."""
+    processor = create_processor(settings)
+    worker = faust.Worker(processor.app, loglevel=settings.log_level.lower(), quiet=True)
+    worker.execute_from_commandline()

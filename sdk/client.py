@@ -1,0 +1,68 @@
+"""The client: send events straight to Kafka, define functions, start a worker."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from ..events import validate_events
+from ..kafka_clients import SyncProducer
+from ..settings import Settings
+from .function import Function, FunctionConfig, Retries, TriggerEvent
+
+
+class Sluicegate:
+    """One app's handle on Sluicegate.
+
+    >>> sg = Sluicegate(app_id="shop")
+    >>> @sg.function(id="welcome", trigger=TriggerEvent(event="user.created"))
+    ... def welcome(ctx, step): ...
+    >>> sg.send({"name": "user.created", "data": {"id": 1}})
+    """
+
+    def __init__(self, app_id: str, *, bootstrap_servers: str | None = None,
+                 settings: Settings | None = None) -> None:
+        base = settings or Settings()
+        if bootstrap_servers:
+            base = base.model_copy(update={"bootstrap_servers": bootstrap_servers})
+        self.settings = base
+        self.app_id = app_id
+        self.functions: dict[str, Function] = {}
+        self._producer: SyncProducer | None = None
+
+    # -- events -----------------------------------------------------------------------------
+
+    def send(self, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        """Validate and produce events (acks=all, idempotent); return their ids once acknowledged."""
+        records = validate_events(events, self.app_id, max_event_bytes=self.settings.max_event_bytes)
+        if self._producer is None:
+            self._producer = SyncProducer(self.settings.bootstrap_servers)
+        self._producer.send_many(self.settings.events_topic, [(r.app_id, r.dumps()) for r in records],
+                                 self.settings.partitions)
+        return [r.id for r in records]
+
+    # -- functions --------------------------------------------------------------------------
+
+    def function(self, *, id: str, trigger: TriggerEvent | list[TriggerEvent] | str,
+                 retries: Retries | int = Retries(), name: str | None = None) -> Callable[[Callable[..., Any]], Function]:
+        """Decorator: register ``handler(ctx, step)`` (sync or async) as a function of this app."""
+        if isinstance(trigger, str):
+            trigger = TriggerEvent(event=trigger)
+        config = FunctionConfig(id=id, name=name, trigger=trigger, retries=retries)
+
+        def decorate(handler: Callable[..., Any]) -> Function:
+            if config.id in self.functions:
+                raise ValueError(f"function id {config.id!r} is defined twice in app {self.app_id!r}")
+            fn = Function(self.app_id, config, handler)
+            self.functions[config.id] = fn
+            return fn
+
+        return decorate
+
+    def worker(self, **kwargs: Any) -> "Worker":
+        from .worker import Worker
+
+        return Worker(self, **kwargs)
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.flush()

@@ -1,0 +1,32 @@
+"""Call a function once for a job: the framework-free core the worker and the test kit share."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from .errors import StepError, StepInterrupt
+from .function import Function
+from .step import AsyncStep, Context, Step, _check_output, error_info
+
+
+def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Run the handler from the top with these memos; return the outcome of this call.
+
+    Outcome: ``{"op": "step_ok" | "step_error" | "run_ok", ...}`` (see ``wire.StepOutcome``).
+    """
+    try:
+        if fn.is_async:
+            result = asyncio.run(fn.handler(ctx, AsyncStep(memos)))
+        else:
+            result = fn.handler(ctx, Step(memos))
+        return {"op": "run_ok", "data": _check_output(result, "(function result)")}
+    except StepInterrupt as interrupt:
+        return interrupt.outcome
+    except StepError as exc:
+        # A memoized step error the function did not catch: final (reference §1, spec 5.2.2).
+        return {"op": "step_error", "error": error_info(exc), "no_retry": True}
+    except Exception as exc:
+        from .step import _failure
+
+        return _failure(exc, None, None)

@@ -1,0 +1,99 @@
+"""A function definition: typed config (pydantic) plus the user's handler."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from .. import limits
+from ..wire import FunctionDefinition, Trigger_
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class TriggerEvent(BaseModel):
+    """Start a run for every event with this exact name."""
+
+    model_config = ConfigDict(extra="forbid")
+    event: str = Field(min_length=1, max_length=limits.MAX_TRIGGER_NAME_LENGTH)
+
+
+class Retries(BaseModel):
+    """Retry policy: ``attempts`` is the number of retries (so attempts + 1 calls at most).
+
+    ``backoff_ms`` replaces the default schedule (15 s, 30 s, 1 m, ... 2 h) and
+    ``jitter_ms`` its 0–30 s jitter — useful for tests; production code rarely needs them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = Field(limits.DEFAULT_RETRIES, ge=0, le=limits.MAX_RETRIES)
+    backoff_ms: list[int] | None = Field(None, min_length=1, max_length=32)
+    jitter_ms: int | None = Field(None, ge=0, le=3_600_000)
+
+    @field_validator("backoff_ms")
+    @classmethod
+    def _positive(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(ms < 0 or ms > limits.MAX_RETRY_AFTER_MS for ms in v):
+            raise ValueError(f"each delay must be between 0 and {limits.MAX_RETRY_AFTER_MS} ms")
+        return v
+
+
+class FunctionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    id: str = Field(min_length=1, max_length=limits.MAX_ID_LENGTH)
+    name: str | None = None
+    trigger: TriggerEvent | list[TriggerEvent]
+    retries: Retries | int = Retries()
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError("use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        return v
+
+    @field_validator("trigger")
+    @classmethod
+    def _triggers(cls, v: TriggerEvent | list[TriggerEvent]) -> TriggerEvent | list[TriggerEvent]:
+        if isinstance(v, list) and not 1 <= len(v) <= 10:
+            raise ValueError("a function has 1 to 10 triggers")
+        return v
+
+    @property
+    def triggers(self) -> list[TriggerEvent]:
+        return self.trigger if isinstance(self.trigger, list) else [self.trigger]
+
+    @property
+    def retry_policy(self) -> Retries:
+        return self.retries if isinstance(self.retries, Retries) else Retries(attempts=self.retries)
+
+
+class Function:
+    """A registered function: its config and handler ``(ctx, step) -> result``."""
+
+    def __init__(self, app_id: str, config: FunctionConfig, handler: Callable[..., Any]) -> None:
+        self.app_id = app_id
+        self.config = config
+        self.handler = handler
+        self.is_async = inspect.iscoroutinefunction(handler)
+
+    @property
+    def id(self) -> str:
+        return self.config.id
+
+    def definition(self) -> FunctionDefinition:
+        policy = self.config.retry_policy
+        d = FunctionDefinition(
+            app_id=self.app_id, function_id=self.config.id, name=self.config.name or self.config.id,
+            triggers=[Trigger_(event=t.event) for t in self.config.triggers], retries=policy.attempts,
+            backoff_ms=policy.backoff_ms, backoff_jitter_ms=policy.jitter_ms,
+        )
+        d.version = d.compute_version()
+        return d
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.handler(*args, **kwargs)

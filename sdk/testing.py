@@ -1,0 +1,69 @@
+"""Run a function in-process, without Kafka: give memos, get the outcome of one call,
+or drive a whole run to its end the way the engine would (without retries' delays)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .execution import call_once
+from .function import Function
+from .step import Context
+
+
+def _ctx(fn: Function, events: list[dict[str, Any]], attempt: int, run_id: str) -> Context:
+    return Context(event=events[0], events=events, run_id=run_id, attempt=attempt,
+                   max_attempts=fn.config.retry_policy.attempts + 1, function_id=fn.id, app_id=fn.app_id)
+
+
+def _event(event: dict[str, Any]) -> dict[str, Any]:
+    return {"id": "test-event", "data": {}, "ts": 0, **event}
+
+
+def call(fn: Function, event: dict[str, Any], memos: dict[str, dict[str, Any]] | None = None,
+         attempt: int = 0, run_id: str = "test-run") -> dict[str, Any]:
+    """One call of ``fn`` with the given memos (step hash -> {"data"} | {"error"})."""
+    return call_once(fn, _ctx(fn, [_event(event)], attempt, run_id), dict(memos or {}))
+
+
+@dataclass
+class RunResult:
+    status: str
+    output: Any = None
+    error: dict[str, Any] | None = None
+    memos: dict[str, dict[str, Any]] = field(default_factory=dict)
+    step_ids: list[str] = field(default_factory=list)
+    calls: int = 0
+
+
+def run(fn: Function, event: dict[str, Any], max_calls: int = 1000) -> RunResult:
+    """Drive a run to the end: memoize each step, retry failures at once up to the budget."""
+    events = [_event(event)]
+    memos: dict[str, dict[str, Any]] = {}
+    result = RunResult(status="running")
+    attempt = 0
+    max_attempts = fn.config.retry_policy.attempts + 1
+    while result.calls < max_calls:
+        result.calls += 1
+        out = call_once(fn, _ctx(fn, events, attempt, "test-run"), memos)
+        if out["op"] == "run_ok":
+            result.status, result.output = "completed", out["data"]
+            break
+        if out["op"] == "step_ok":
+            memos[out["step_hash"]] = {"data": json.loads(json.dumps(out["data"]))}
+            result.step_ids.append(out["step_id"])
+            attempt = 0
+            continue
+        if not out.get("no_retry") and attempt + 1 < max_attempts:
+            attempt += 1
+            continue
+        if out.get("step_hash") and out["step_hash"] not in memos:
+            memos[out["step_hash"]] = {"error": out["error"]}
+            result.step_ids.append(out["step_id"])
+            attempt = 0
+            continue
+        result.status, result.error = "failed", out["error"]
+        break
+    result.memos = memos
+    return result

@@ -1,0 +1,119 @@
+"""The worker: consumes this app's work queue, runs one step per job, reports the outcome.
+
+Offsets are committed only after the outcome is acknowledged by the broker, so a crash
+re-runs the step (at-least-once); the engine keeps the first result per (job, attempt).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+
+from confluent_kafka import Consumer, KafkaError
+
+from ..kafka_clients import SyncProducer
+from ..partitioning import function_key
+from ..topics import ensure_core_topics, ensure_work_topic
+from ..wire import ErrorInfo, Job, StepOutcome
+from .execution import call_once
+from .step import Context
+
+log = logging.getLogger("sluicegate.worker")
+
+
+class Worker:
+    def __init__(self, client: "Sluicegate", *, group_id: str | None = None,  # noqa: F821
+                 session_timeout_ms: int = 10_000) -> None:
+        self.client = client
+        self.settings = client.settings
+        self.group_id = group_id or f"sluicegate-worker.{client.app_id}"
+        self.worker_id = f"{socket.gethostname()}-{os.getpid()}-{id(self) % 10000}"
+        self._session_timeout_ms = session_timeout_ms
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._producer = SyncProducer(self.settings.bootstrap_servers)
+        self.jobs_done = 0
+
+    def register(self) -> None:
+        """Create the app's work topic and publish every function's definition (sg.registry)."""
+        ensure_core_topics(self.settings)
+        ensure_work_topic(self.settings, self.client.app_id)
+        records = [(fn.definition().key, fn.definition().dumps()) for fn in self.client.functions.values()]
+        if records:
+            self._producer.send_many(self.settings.registry_topic, records, 1)
+
+    def handle(self, job: Job) -> StepOutcome:
+        started = int(time.time() * 1000)
+        fn = self.client.functions.get(job.function_id)
+        if fn is None:
+            result = {"op": "step_error", "no_retry": False, "error": {
+                "name": "FunctionNotFound",
+                "message": f"worker {self.worker_id} has no function {job.function_id!r}"}}
+        else:
+            events = job.events
+            ctx = Context(event=events[0] if events else {}, events=events, run_id=job.run_id,
+                          attempt=job.attempt, max_attempts=job.max_attempts,
+                          function_id=job.function_id, app_id=job.app_id)
+            result = call_once(fn, ctx, job.memos)
+        error = result.get("error")
+        return StepOutcome(
+            app_id=job.app_id, function_id=job.function_id, run_id=job.run_id, job_id=job.job_id,
+            attempt=job.attempt, op=result["op"], step_hash=result.get("step_hash"),
+            step_id=result.get("step_id"), data=result.get("data"),
+            error=ErrorInfo(**error) if error else None, no_retry=bool(result.get("no_retry")),
+            retry_after_ms=result.get("retry_after_ms"), started_at=started,
+            ended_at=int(time.time() * 1000), worker_id=self.worker_id,
+        )
+
+    def run(self) -> None:
+        """Consume and execute until :meth:`stop` is called."""
+        self.register()
+        consumer = Consumer({
+            "bootstrap.servers": self.settings.bootstrap_servers,
+            "group.id": self.group_id,
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": self._session_timeout_ms,
+            "heartbeat.interval.ms": min(1000, self._session_timeout_ms // 3),
+            "fetch.wait.max.ms": 10,
+            "log_level": 3,
+        })
+        consumer.subscribe([self.settings.work_topic(self.client.app_id)])
+        try:
+            while not self._stop.is_set():
+                msg = consumer.poll(0.1)
+                if msg is None:
+                    continue
+                if msg.error():
+                    if msg.error().code() != KafkaError._PARTITION_EOF:
+                        log.warning("worker: %s", msg.error())
+                    continue
+                try:
+                    job = Job.model_validate_json(msg.value())
+                except ValueError:
+                    log.error("worker: dropped an undecodable job at offset %s", msg.offset())
+                    consumer.commit(msg, asynchronous=True)
+                    continue
+                outcome = self.handle(job)
+                key = function_key(job.app_id, job.function_id)
+                self._producer.send_many(self.settings.commands_topic, [(key, outcome.dumps())],
+                                         self.settings.partitions)
+                consumer.commit(msg, asynchronous=True)
+                self.jobs_done += 1
+        finally:
+            consumer.close()
+
+    def start(self) -> "Worker":
+        """Run in a background thread (returns once the functions are registered)."""
+        self.register()
+        self._thread = threading.Thread(target=self.run, name=f"sg-worker-{self.client.app_id}", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 15.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)

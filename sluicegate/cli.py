@@ -1,0 +1,3 @@
+"""The ``sluicegate`` command (filled in below)."""
+def main() -> None:
+    pass

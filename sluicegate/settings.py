@@ -1,0 +1,63 @@
+"""Every runtime setting, read from environment variables (``SLUICEGATE_*``).
+
+``docker-compose.yml`` wires the services with these same names; a test checks that.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from . import limits
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLUICEGATE_", extra="ignore", populate_by_name=True)
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("SLUICEGATE_BOOTSTRAP_SERVERS", "KAFKA_BOOTSTRAP_SERVERS"),
+        description="Kafka bootstrap servers.",
+    )
+    topic_prefix: str = Field("sg", description="Prefix of every topic (sg.events, sg.commands, ...).")
+    partitions: int = Field(4, ge=1, le=1024, description="Partitions of sg.events, sg.commands and every sg.work.<app>.")
+    replication_factor: int = Field(1, ge=1)
+    events_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of raw events in sg.events (the replay source).")
+    data_dir: Path = Field(Path(".sluicegate/data"), description="Local RocksDB state of processors and the API's run view.")
+    processor_id: str = Field("sluicegate-processor", description="faust app id (consumer group) of the processors.")
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8288, ge=0, le=65535)
+    dev_mode: bool = Field(False, description="Accept the fixed local event key `dev` (never in production).")
+    dev_app_id: str = Field("example-app", description="The app the dev key sends events for.")
+    max_event_bytes: int = Field(limits.MAX_EVENT_BYTES, ge=1024, le=limits.ABSOLUTE_MAX_EVENT_BYTES)
+    session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer-group session timeout of processors.")
+    commit_interval_s: float = Field(1.0, gt=0)
+    log_level: str = "INFO"
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}.{name}"
+
+    @property
+    def events_topic(self) -> str:
+        return self.topic("events")
+
+    @property
+    def commands_topic(self) -> str:
+        return self.topic("commands")
+
+    @property
+    def runs_topic(self) -> str:
+        return self.topic("runs")
+
+    @property
+    def registry_topic(self) -> str:
+        return self.topic("registry")
+
+    @property
+    def keys_topic(self) -> str:
+        return self.topic("keys")
+
+    def work_topic(self, app_id: str) -> str:
+        return self.topic(f"work.{app_id}")

@@ -1,0 +1,186 @@
+"""Messages that cross a process boundary (Kafka topics and HTTP), as pydantic models.
+
+Every record is JSON. Topic, key and partition of each:
+
+=================  ==========================  =====================================
+topic              key                         value
+=================  ==========================  =====================================
+sg.events          ``app_id``                  :class:`EventRecord`
+sg.commands        ``app_id/function_id``      :class:`Trigger` | :class:`StepOutcome` | :class:`TimerFired`
+sg.work.<app>      ``run_id``                  :class:`Job` (partition = the command's partition)
+sg.runs            ``run_id``                  :class:`RunView` (compacted; the API's read model)
+sg.registry        ``app_id/function_id``      :class:`FunctionDefinition` (compacted)
+sg.keys            sha256(event key)           :class:`EventKeyRecord` (compacted; null = revoked)
+=================  ==========================  =====================================
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    def dumps(self) -> bytes:
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class EventRecord(_Model):
+    """An accepted event, as stored in ``sg.events``."""
+
+    app_id: str
+    id: str
+    name: str
+    data: dict[str, Any] = Field(default_factory=dict)
+    user: dict[str, Any] | None = None
+    ts: int = Field(description="Event time, ms since the epoch (the sender's clock, or receipt).")
+    v: str | None = None
+    received_at: int = Field(description="Wall-clock ms when Sluicegate accepted it.")
+
+    def as_payload(self) -> dict[str, Any]:
+        """The event as a function sees it."""
+        out: dict[str, Any] = {"id": self.id, "name": self.name, "data": self.data, "ts": self.ts}
+        if self.user is not None:
+            out["user"] = self.user
+        if self.v is not None:
+            out["v"] = self.v
+        return out
+
+
+class Trigger_(BaseModel):
+    event: str
+
+
+class FunctionDefinition(_Model):
+    """A function as registered by its app's worker (``sg.registry``)."""
+
+    app_id: str
+    function_id: str
+    name: str
+    triggers: list[Trigger_]
+    retries: int
+    backoff_ms: list[int] | None = None
+    backoff_jitter_ms: int | None = None
+    version: str = ""
+
+    def compute_version(self) -> str:
+        body = self.model_dump(exclude={"version"})
+        return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+    @property
+    def key(self) -> str:
+        return f"{self.app_id}/{self.function_id}"
+
+
+class Trigger(_Model):
+    """Router → function processor: start a run for these events."""
+
+    kind: Literal["trigger"] = "trigger"
+    app_id: str
+    function_id: str
+    run_id: str
+    function: FunctionDefinition
+    events: list[EventRecord]
+
+
+class ErrorInfo(BaseModel):
+    name: str = "Error"
+    message: str = ""
+    stack: str | None = None
+
+
+class StepOutcome(_Model):
+    """Worker → function processor: what one job did.
+
+    ``op``: ``step_ok`` (a step ran and returned ``data``), ``step_error`` (a step or the
+    function body raised), ``run_ok`` (the function returned ``data``; no step left).
+    """
+
+    kind: Literal["outcome"] = "outcome"
+    app_id: str
+    function_id: str
+    run_id: str
+    job_id: str
+    attempt: int
+    op: Literal["step_ok", "step_error", "run_ok"]
+    step_hash: str | None = None
+    step_id: str | None = None
+    data: Any = None
+    error: ErrorInfo | None = None
+    no_retry: bool = False
+    retry_after_ms: int | None = None
+    started_at: int
+    ended_at: int
+    worker_id: str = ""
+
+
+class TimerFired(_Model):
+    """Self-addressed: a durable timer of this function's partition is due."""
+
+    kind: Literal["timer"] = "timer"
+    app_id: str
+    function_id: str
+    run_id: str
+    timer_id: str
+
+
+Command = Annotated[Union[Trigger, StepOutcome, TimerFired], Field(discriminator="kind")]
+command_adapter: TypeAdapter[Trigger | StepOutcome | TimerFired] = TypeAdapter(Command)
+
+
+class Job(_Model):
+    """Function processor → worker (``sg.work.<app>``): call the function once, run one step."""
+
+    job_id: str
+    app_id: str
+    function_id: str
+    run_id: str
+    attempt: int
+    max_attempts: int
+    events: list[dict[str, Any]]
+    memos: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="step hash -> {'data': ...} or {'error': {...}}"
+    )
+    dispatched_at: int
+
+
+class StepAttemptView(BaseModel):
+    attempt: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    error: ErrorInfo | None = None
+
+
+class StepView(BaseModel):
+    hash: str
+    id: str
+    status: Literal["completed", "failed", "running"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    attempts: list[StepAttemptView] = Field(default_factory=list)
+
+
+class RunView(_Model):
+    run_id: str
+    app_id: str
+    function_id: str
+    function_version: str = ""
+    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    event_ids: list[str]
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    steps: list[StepView] = Field(default_factory=list)
+
+
+class EventKeyRecord(_Model):
+    app_id: str
+    prefix: str = Field(description="First characters of the key, safe to show.")
+    created_at: int

@@ -1,0 +1,82 @@
+"""The durable state of one run, as the function processor keeps it (table ``runs``)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ..wire import ErrorInfo, FunctionDefinition, RunView, StepAttemptView, StepView
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+FINAL_STATUSES = ("completed", "failed", "cancelled")
+
+
+class StepRecord(BaseModel):
+    hash: str
+    id: str
+    status: Literal["completed", "failed"]
+    output: Any = None
+    error: ErrorInfo | None = None
+    size: int = 0
+    attempts: list[StepAttemptView] = Field(default_factory=list)
+
+
+class CurrentJob(BaseModel):
+    """The one job of this run that may be in flight (or waiting for its retry timer)."""
+
+    job_id: str
+    seq: int
+    attempt: int
+    dispatched_at: int | None = None
+    retry_timer: str | None = Field(None, description="timer id while waiting to retry")
+    retry_due: int | None = None
+    failed_attempts: list[StepAttemptView] = Field(default_factory=list)
+
+
+class RunState(BaseModel):
+    run_id: str
+    app_id: str
+    function_id: str
+    function: FunctionDefinition
+    status: RunStatus
+    events: list[dict[str, Any]]
+    event_ids: list[str]
+    created_at: int
+    started_at: int | None = None
+    ended_at: int | None = None
+    output: Any = None
+    error: ErrorInfo | None = None
+    steps: dict[str, StepRecord] = Field(default_factory=dict)
+    step_order: list[str] = Field(default_factory=list)
+    job: CurrentJob | None = None
+    job_seq: int = 0
+    state_bytes: int = 0
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def max_attempts(self) -> int:
+        return self.function.retries + 1
+
+    def memos(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for h in self.step_order:
+            s = self.steps[h]
+            out[h] = {"data": s.output} if s.status == "completed" else {"error": (s.error or ErrorInfo()).model_dump()}
+        return out
+
+    def view(self) -> RunView:
+        steps = [
+            StepView(hash=h, id=self.steps[h].id, status=self.steps[h].status, output=self.steps[h].output,
+                     error=self.steps[h].error, attempts=self.steps[h].attempts)
+            for h in self.step_order
+        ]
+        return RunView(
+            run_id=self.run_id, app_id=self.app_id, function_id=self.function_id,
+            function_version=self.function.version, status=self.status, event_ids=self.event_ids,
+            created_at=self.created_at, started_at=self.started_at, ended_at=self.ended_at,
+            output=self.output, error=self.error, steps=steps,
+        )
