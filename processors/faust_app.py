@@ -97,6 +97,7 @@ class Processor:
         @app.on_rebalance_complete.connect
         async def _rebalanced(sender: object = None, **kw: object) -> None:
             self._heap_dirty = True
+            log.info("processor: rebalance complete, active partitions recovered")
 
         @app.task
         async def _start_clients() -> None:

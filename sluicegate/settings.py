@@ -29,6 +29,7 @@ class Settings(BaseSettings):
     processor_id: str = Field("sluicegate-processor", description="faust app id (consumer group) of the processors.")
     http_host: str = "127.0.0.1"
     http_port: int = Field(8288, ge=0, le=65535)
+    api_token: str | None = Field(None, description="Bearer token the /v1 API requires when set (never logged).", repr=False)
     dev_mode: bool = Field(False, description="Accept the fixed local event key `dev` (never in production).")
     dev_app_id: str = Field("example-app", description="The app the dev key sends events for.")
     max_event_bytes: int = Field(limits.MAX_EVENT_BYTES, ge=1024, le=limits.ABSOLUTE_MAX_EVENT_BYTES)

@@ -1,0 +1,138 @@
+"""The HTTP webhook bridge and the runs API (FastAPI). A thin translation over the core:
+
+* ``POST /e/{event_key}`` — one event or a list; answers with the ids only after the broker
+  acknowledged every event (acks=all). Bad input: 400/413 naming the field and the limit;
+  unknown key: 401. In both cases nothing is produced.
+* ``GET /v1/runs/{run_id}`` — status, output or error, steps with attempts and timings.
+* ``GET /v1/events/{event_id}/runs`` — the runs an event started.
+
+Event keys are never logged in full: uvicorn's access log is off and requests are logged
+here with the key masked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from fastapi import Depends, FastAPI, Header, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from .. import limits
+from ..errors import BrokerUnavailable, InvalidInput, LimitExceeded, NotFound, SluicegateError, Unauthorized
+from ..events import validate_events
+from ..kafka_clients import AsyncProducer
+from ..settings import Settings
+from ..topics import ensure_core_topics
+from ..wire import RunView
+from .event_keys import EventKeys, mask
+from .run_views import RunViewFollower
+
+log = logging.getLogger("sluicegate.ingest")
+
+_STATUS = {InvalidInput: 400, LimitExceeded: 413, Unauthorized: 401, NotFound: 404, BrokerUnavailable: 503}
+
+
+class Accepted(BaseModel):
+    ids: list[str]
+    status: int = 200
+
+
+class EventRuns(BaseModel):
+    data: list[RunView]
+
+
+def _status_of(exc: SluicegateError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in _STATUS:
+            return _STATUS[cls]
+    return 500
+
+
+def create_api(settings: Settings, *, keys: EventKeys | None = None,
+               run_views: RunViewFollower | None = None) -> FastAPI:
+    state: dict[str, Any] = {}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        ensure_core_topics(settings)
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        if settings.dev_mode:
+            log.warning("DEV MODE: the event key %r is accepted for app %r. Never run dev mode in production.",
+                        "dev", settings.dev_app_id)
+        state["producer"] = AsyncProducer(settings.bootstrap_servers)
+        state["keys"] = (keys or EventKeys(settings)).start()
+        state["runs"] = (run_views or RunViewFollower(settings)).start()
+        try:
+            yield
+        finally:
+            state["runs"].stop()
+            state["keys"].stop()
+            state["producer"].close()
+
+    app = FastAPI(title="Sluicegate", version="0.1.0", lifespan=lifespan,
+                  description="Webhook bridge and runs API of Sluicegate.")
+
+    @app.exception_handler(SluicegateError)
+    async def _error(_req: Request, exc: SluicegateError) -> JSONResponse:
+        return JSONResponse(status_code=_status_of(exc), content={"error": exc.to_dict()})
+
+    @app.middleware("http")
+    async def _log_requests(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        response = await call_next(request)
+        path = request.url.path
+        if path.startswith("/e/"):
+            path = "/e/" + mask(path[3:])
+        log.info("%s %s %s %.1fms", request.method, path, response.status_code,
+                 (time.perf_counter() - started) * 1000)
+        return response
+
+    def _api_auth(authorization: str | None = Header(None)) -> None:
+        token = settings.api_token
+        if token and authorization != f"Bearer {token}":
+            raise Unauthorized("the runs API needs 'Authorization: Bearer <SLUICEGATE_API_TOKEN>'")
+
+    @app.post("/e/{event_key}", response_model=Accepted, summary="Send one event or a list of events")
+    async def send_events(event_key: str, request: Request) -> Accepted:
+        body = await request.body()
+        if len(body) > limits.MAX_REQUEST_BYTES:
+            raise LimitExceeded(f"body: request is {len(body)} bytes; the limit is {limits.MAX_REQUEST_BYTES} bytes",
+                                field="body", limit=limits.MAX_REQUEST_BYTES)
+        app_id = state["keys"].app_for(event_key)
+        if app_id is None:
+            app_id = await asyncio.to_thread(state["keys"].app_for_fresh, event_key)
+        if app_id is None:
+            raise Unauthorized(f"unknown event key {mask(event_key)}")
+        try:
+            raw = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput(f"body: not valid JSON ({exc})", field="body") from None
+        records = validate_events(raw, app_id, max_event_bytes=settings.max_event_bytes)
+        await state["producer"].send_many(settings.events_topic, [(r.app_id, r.dumps()) for r in records],
+                                          settings.partitions)
+        return Accepted(ids=[r.id for r in records])
+
+    @app.get("/v1/runs/{run_id}", response_model=RunView, response_model_exclude_none=True,
+             dependencies=[Depends(_api_auth)], summary="One run: status, output or error, steps")
+    async def get_run(run_id: str) -> RunView:
+        view = state["runs"].store.run(run_id)
+        if view is None:
+            raise NotFound(f"no run {run_id!r} (yet)", run_id=run_id)
+        return view
+
+    @app.get("/v1/events/{event_id}/runs", response_model=EventRuns, response_model_exclude_none=True,
+             dependencies=[Depends(_api_auth)], summary="The runs an event started")
+    async def event_runs(event_id: str) -> EventRuns:
+        return EventRuns(data=state["runs"].store.runs_for_event(event_id))
+
+    @app.get("/health", summary="Liveness")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,71 @@
+"""Materialises ``sg.runs`` (RunView records from the processors) into the API's RocksDB.
+
+Reads every partition (no consumer group: each API process keeps a full read model) and
+stores views together with the next offset per partition, in one atomic batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from confluent_kafka import Consumer, TopicPartition
+
+from ..settings import Settings
+from ..state.run_view_store import RunViewStore
+from ..state.stores import RocksStore
+from ..wire import RunView
+
+log = logging.getLogger("sluicegate.ingest.runs")
+
+
+class RunViewFollower:
+    def __init__(self, settings: Settings, store: RunViewStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or RunViewStore(RocksStore(settings.data_dir / "api-runs"))
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sg-run-views", daemon=True)
+
+    def start(self) -> "RunViewFollower":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        c = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": "sg-run-views-unused",
+                      "enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 3})
+        try:
+            topic = self.settings.runs_topic
+            parts = c.list_topics(topic, timeout=30).topics[topic].partitions
+            assignment = []
+            for p in parts:
+                nxt = self.store.next_offset(p)
+                assignment.append(TopicPartition(topic, p, -2 if nxt is None else nxt))
+            c.assign(assignment)
+            while not self._stop.is_set():
+                msgs = c.consume(500, 0.05)
+                views: dict[str, RunView] = {}
+                offsets: dict[int, int] = {}
+                for m in msgs:
+                    if m.error():
+                        continue
+                    offsets[m.partition()] = m.offset() + 1
+                    if m.value() is None:
+                        continue
+                    try:
+                        v = RunView.model_validate_json(m.value())
+                    except ValueError:
+                        log.warning("run views: undecodable record at %s/%s", m.partition(), m.offset())
+                        continue
+                    views[v.run_id] = v
+                if offsets:
+                    self.store.apply(list(views.values()), offsets)
+        except Exception:  # pragma: no cover - surfaced in logs; the API keeps serving what it has
+            log.exception("run views: follower stopped")
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(5)
+        self.store.close()
