@@ -1,0 +1,15 @@
+"""Sluicegate benchmarks (see BENCHMARKS.md): ``python -m bench <ID> [--quick]``.
+
+Each benchmark starts what it needs (a local Kafka broker unless
+``KAFKA_BOOTSTRAP_SERVERS`` / ``SLUICEGATE_BOOTSTRAP_SERVERS`` is set, a processor child
+process, an in-process worker), prints a table for people and then one JSON object per
+result on its own line. A missed target never fails the process; a real error does.
+"""
+
+from __future__ import annotations
+
+# id -> "module:function"; the function takes (quick: bool, **options) and returns the
+# list of JSON-able result dicts it printed.
+BENCHMARKS: dict[str, str] = {
+    "B1": "bench.b1_latency:main",
+}
