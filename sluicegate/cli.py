@@ -2,6 +2,7 @@
 
     sluicegate dev [--app examples/hello.py:sg]   broker + topics + processor + HTTP + worker
     sluicegate broker                              a local Kafka broker only
+    sluicegate fetch-broker                        download the broker's jars (Maven) into the cache
     sluicegate processor                           the faust processors
     sluicegate api                                 the HTTP bridge and runs API
     sluicegate worker FILE.py:ATTR                 a worker for an app
@@ -44,6 +45,13 @@ def _wait_for_signal() -> None:
         signal.signal(sig, lambda *_: stop.set())
     while not stop.is_set():
         stop.wait(0.5)
+
+
+def cmd_fetch_broker(args: argparse.Namespace) -> None:
+    from .local_broker import KAFKA_VERSION, check_java, fetch_broker_jars
+
+    check_java()
+    print(f"Apache Kafka {KAFKA_VERSION} broker jars: {fetch_broker_jars()}")
 
 
 def cmd_processor(args: argparse.Namespace) -> None:
@@ -139,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--data-dir", default=None)
     p.set_defaults(fn=cmd_broker)
+    sub.add_parser("fetch-broker", help="download the Kafka broker jars (once)").set_defaults(fn=cmd_fetch_broker)
     sub.add_parser("processor", help="run the faust processors").set_defaults(fn=cmd_processor)
     sub.add_parser("api", help="run the HTTP bridge and runs API").set_defaults(fn=cmd_api)
     p = sub.add_parser("worker", help="run a worker for an app")

@@ -1,0 +1,72 @@
+"""`sluicegate dev` as a user starts it: its own broker, processor, HTTP bridge and the
+example app's worker; the curl line it prints starts a run we can read back."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _read_until(proc: subprocess.Popen, pattern: str, timeout: float, out: list[str]) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            if proc.poll() is not None:
+                break
+            continue
+        out.append(line)
+        if pattern in line:
+            return
+    raise AssertionError(f"`sluicegate dev` did not print {pattern!r} in {timeout} s:\n{''.join(out)}")
+
+
+def test_sluicegate_dev_runs_the_example_app_end_to_end() -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KAFKA_BOOTSTRAP_SERVERS", "SLUICEGATE_BOOTSTRAP_SERVERS")}
+    env["PYTHONUNBUFFERED"] = "1"
+    cmd = [sys.executable, "-m", "sluicegate.cli", "dev", "--port", "0"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    out: list[str] = []
+    try:
+        _read_until(proc, "Ctrl-C stops everything", 240, out)
+        text = "".join(out)
+        # the printed curl line, run exactly as printed
+        curl = re.search(r"(curl -s -X POST .*?\\\n\s+-d '.*?')", text, re.S)
+        assert curl, text
+        sent = subprocess.run(curl.group(1).replace("\\\n", " "), shell=True, capture_output=True, text=True,
+                              timeout=30)
+        assert sent.returncode == 0, sent.stderr
+        [event_id] = json.loads(sent.stdout)["ids"]
+        runs_url = re.search(r"curl -s (http://\S+)/v1/events/<EVENT_ID>/runs", text).group(1)
+        deadline = time.monotonic() + 60
+        run = None
+        while time.monotonic() < deadline:
+            data = httpx.get(f"{runs_url}/v1/events/{event_id}/runs", timeout=5).json()["data"]
+            if data and data[0]["status"] == "completed":
+                run = data[0]
+                break
+            time.sleep(0.2)
+        assert run is not None, f"the example run did not complete:\n{text}"
+        assert run["output"] == {"greeting": "Hello, Ada!", "length": 11}
+        assert [s["id"] for s in run["steps"]] == ["read-name", "greet", "measure"]
+        assert "dev" in text.lower() and "never run dev mode in production" in text.lower()
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    assert proc.returncode is not None
