@@ -56,6 +56,12 @@ class FunctionConfig(BaseModel):
             raise ValueError("use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
         return v
 
+    @field_validator("retries", mode="before")
+    @classmethod
+    def _retries(cls, v: object) -> object:
+        # a bare number is the retry count: check it now, like Retries(attempts=...)
+        return Retries(attempts=v) if isinstance(v, int) and not isinstance(v, bool) else v
+
     @field_validator("trigger")
     @classmethod
     def _triggers(cls, v: TriggerEvent | list[TriggerEvent]) -> TriggerEvent | list[TriggerEvent]:

@@ -60,7 +60,7 @@ def _failure(exc: BaseException, step_hash_: str | None, step_id: str | None) ->
 
 def _check_output(value: Any, step_id: str) -> Any:
     try:
-        encoded = json.dumps(value)
+        encoded = json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise NonRetriableError(f"step {step_id!r}: output must be JSON-serializable ({exc})") from None
     if len(encoded.encode()) > limits.MAX_STEP_OUTPUT_BYTES:

@@ -98,7 +98,7 @@ def validate_events(raw: Any, app_id: str, *, max_event_bytes: int = limits.MAX_
             ev = EventIn.model_validate(item)
         except ValidationError as exc:
             raise _first_error(exc, prefix) from None
-        size = len(json.dumps(item, separators=(",", ":"), default=str).encode())
+        size = len(json.dumps(item, separators=(",", ":"), ensure_ascii=False, default=str).encode())
         if size > max_event_bytes:
             field = f"[{i}]" if many else "event"
             raise LimitExceeded(
