@@ -41,12 +41,6 @@ def create_key(settings: Settings, app_id: str) -> str:
     return key
 
 
-def revoke_key(settings: Settings, key_hash: str) -> None:
-    producer = SyncProducer(settings.bootstrap_servers)
-    producer._p.produce(settings.keys_topic, key=key_hash.encode(), value=None, partition=0)
-    producer.flush()
-
-
 class EventKeys:
     """Follows ``sg.keys``; answers which app a presented key belongs to."""
 

@@ -1,0 +1,57 @@
+"""Event keys and the API token on a real broker and real HTTP."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import httpx
+import pytest
+
+from sluicegate.devstack import ApiServer
+from sluicegate.ingest.event_keys import EventKeys, create_key, mask
+from sluicegate.local_broker import free_port
+
+if TYPE_CHECKING:
+    from conftest import Engine
+
+
+def test_event_keys_are_never_logged_in_full(engine: "Engine", caplog: pytest.LogCaptureFixture) -> None:
+    key = create_key(engine.settings, "logging-app")
+    with caplog.at_level(logging.DEBUG):
+        r = engine.http.post(f"/e/{key}", json={"name": "noop"})
+        assert r.status_code == 200, r.text
+        bad = engine.http.post(f"/e/{key}x", json={"name": "noop"})
+        assert bad.status_code == 401
+    ours = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("sluicegate"))
+    assert key not in ours
+    assert mask(key) in ours  # the request was logged, masked
+
+
+def test_keys_are_stored_hashed_and_listed_by_prefix(engine: "Engine") -> None:
+    key = create_key(engine.settings, "listing-app")
+    keys = EventKeys(engine.settings).start()
+    try:
+        listed = [(h, rec) for h, rec in keys.listing() if rec.app_id == "listing-app"]
+        assert listed, "the new key is not listed"
+        for key_hash, rec in listed:
+            assert key not in key_hash and key not in rec.prefix
+        assert mask(key) in [rec.prefix for _, rec in listed]
+        assert keys.app_for(key) == "listing-app"
+        assert keys.app_for("dev") is None  # not dev mode
+    finally:
+        keys.stop()
+
+
+def test_the_runs_api_requires_the_token_when_one_is_set(engine: "Engine") -> None:
+    settings = engine.settings.model_copy(update={"api_token": "s3cret-token", "http_port": free_port(),
+                                                  "data_dir": engine.settings.data_dir / "token-api"})
+    api = ApiServer(settings).start()
+    try:
+        assert httpx.get(f"{api.url}/v1/runs/nope").status_code == 401
+        assert httpx.get(f"{api.url}/v1/runs/nope", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        ok = httpx.get(f"{api.url}/v1/runs/nope", headers={"Authorization": "Bearer s3cret-token"})
+        assert ok.status_code == 404
+        assert "s3cret-token" not in ok.text
+    finally:
+        api.stop()
