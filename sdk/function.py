@@ -9,7 +9,7 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import limits
-from ..wire import FunctionDefinition, Trigger_
+from ..wire import FunctionDefinition, EventTrigger
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -95,7 +95,7 @@ class Function:
         policy = self.config.retry_policy
         d = FunctionDefinition(
             app_id=self.app_id, function_id=self.config.id, name=self.config.name or self.config.id,
-            triggers=[Trigger_(event=t.event) for t in self.config.triggers], retries=policy.attempts,
+            triggers=[EventTrigger(event=t.event) for t in self.config.triggers], retries=policy.attempts,
             backoff_ms=policy.backoff_ms, backoff_jitter_ms=policy.jitter_ms,
         )
         d.version = d.compute_version()

@@ -41,7 +41,8 @@ class Worker:
         """Create the app's work topic and publish every function's definition (sg.registry)."""
         ensure_core_topics(self.settings)
         ensure_work_topic(self.settings, self.client.app_id)
-        records = [(fn.definition().key, fn.definition().dumps()) for fn in self.client.functions.values()]
+        definitions = [fn.definition() for fn in self.client.functions.values()]
+        records = [(d.key, d.dumps()) for d in definitions]
         if records:
             self._producer.send_many(self.settings.registry_topic, records, 1)
 

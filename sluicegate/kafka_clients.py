@@ -33,9 +33,8 @@ def make_producer(bootstrap: str, **extra: object) -> Producer:
 class SyncProducer:
     """A producer whose ``send_many`` returns only after the broker acknowledged every record."""
 
-    def __init__(self, bootstrap: str, partitions_of: Callable[[str], int] | None = None) -> None:
+    def __init__(self, bootstrap: str) -> None:
         self._p = make_producer(bootstrap)
-        self._partitions_of = partitions_of
 
     def send_many(self, topic: str, records: list[tuple[str, bytes]], partitions: int, timeout: float = 30.0) -> None:
         errors: list[KafkaError] = []

@@ -52,7 +52,7 @@ class EventRecord(_Model):
         return out
 
 
-class Trigger_(BaseModel):
+class EventTrigger(BaseModel):
     event: str
 
 
@@ -62,7 +62,7 @@ class FunctionDefinition(_Model):
     app_id: str
     function_id: str
     name: str
-    triggers: list[Trigger_]
+    triggers: list[EventTrigger]
     retries: int
     backoff_ms: list[int] | None = None
     backoff_jitter_ms: int | None = None

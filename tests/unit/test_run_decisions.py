@@ -21,7 +21,7 @@ from sluicegate.wire import (
     StepOutcome,
     TimerFired,
     Trigger,
-    Trigger_,
+    EventTrigger,
 )
 
 APP, FN, RUN = "shop", "welcome", "run-1"
@@ -31,7 +31,7 @@ BACKOFF = [1_000, 5_000, 20_000]  # the function's own schedule; last entry is t
 
 def definition(retries: int = 2, backoff_ms: list[int] | None = None) -> FunctionDefinition:
     return FunctionDefinition(
-        app_id=APP, function_id=FN, name=FN, triggers=[Trigger_(event="user.created")], retries=retries,
+        app_id=APP, function_id=FN, name=FN, triggers=[EventTrigger(event="user.created")], retries=retries,
         backoff_ms=BACKOFF if backoff_ms is None else backoff_ms, backoff_jitter_ms=0, version="v1",
     )
 
