@@ -44,6 +44,7 @@ class BenchStack:
         self.settings: Settings | None = None
         self.kafka = "external"
         self.timings: dict[str, float] = {}
+        self._created_topics = False
 
     @property
     def processor_log(self) -> Path:
@@ -70,6 +71,7 @@ class BenchStack:
         # Settings() reads SLUICEGATE_* from the environment; the per-run fields override.
         self.settings = Settings().model_copy(update=update)
         ensure_core_topics(self.settings)
+        self._created_topics = True
         return self.settings
 
     def start_processor(self) -> ProcessorProcess:
@@ -97,6 +99,11 @@ class BenchStack:
             dest = Path.cwd() / f"bench-{self.name}-processor.log"
             shutil.copyfile(self.processor_log, dest)
             print(f"processor log kept at {dest}", file=sys.stderr)
+        if self.broker is None and self._created_topics:
+            try:
+                self.delete_topics()
+            except Exception as exc:
+                errors.append(f"topics: {exc}")
         if self.broker is not None:
             try:
                 self.broker.stop()
@@ -106,6 +113,19 @@ class BenchStack:
         shutil.rmtree(self.tmp, ignore_errors=True)
         if errors:
             print("cleanup problems: " + "; ".join(errors), file=sys.stderr)
+
+    def delete_topics(self, timeout: float = 30.0) -> None:
+        """On an external broker: delete this run's topics (ours and faust's changelogs)."""
+        from confluent_kafka.admin import AdminClient
+
+        s = self.settings
+        assert s is not None
+        admin = AdminClient({"bootstrap.servers": s.bootstrap_servers, "log_level": 3})
+        names = [t for t in admin.list_topics(timeout=timeout).topics
+                 if t.startswith(s.topic_prefix + ".") or t.startswith(s.processor_id + "-")]
+        if names:
+            for fut in admin.delete_topics(names, operation_timeout=timeout).values():
+                fut.result(timeout)
 
     def base_settings_record(self) -> dict[str, Any]:
         s = self.settings

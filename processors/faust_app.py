@@ -3,11 +3,14 @@
 Commit order (why nothing accepted is lost):
 
 1. An agent handles one record: load state → pure decision → write the faust table
-   (changelogged, RocksDB) → send outputs with the idempotent producer and **await the
-   broker's ack** before taking the next record.
-2. faust flushes its own producer (the changelogs) before it commits the source offset.
-3. So a crash anywhere replays the record; every handler is idempotent (deterministic run
-   ids, first result wins per (job, attempt), timers re-checked against run state).
+   (changelogged, RocksDB) → hand the outputs to faust's producer (acks=all), without
+   waiting for each ack, so records flow at the speed of the CPU, not of round trips.
+2. Before faust commits a source offset it flushes its producer: every changelog record
+   and every output of the records up to that offset is acknowledged first. A send that
+   fails for good stops the process before anything else is committed.
+3. So a crash anywhere replays records from the last commit; every handler is idempotent
+   (deterministic run ids, first result wins per (job, attempt), timers re-checked against
+   run state).
 
 Timers: deadlines live in the changelogged ``timers`` table (key: big-endian due ms ‖ id);
 each process keeps a heap of its active partitions' timers, rebuilt after each rebalance,
@@ -24,11 +27,12 @@ import asyncio
 import heapq
 import json
 import logging
+import os
 import time
 
 import faust
 
-from ..kafka_clients import AsyncProducer, CompactedView
+from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
@@ -79,7 +83,8 @@ class Processor:
         self.timers = self.app.Table("timers", key_type=bytes, value_type=bytes, partitions=s.partitions)
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
-        self.producer: AsyncProducer | None = None
+        self._out_topics: dict[str, faust.TopicT] = {}
+        self._started = False
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
         self._work_topics: set[str] = set()
@@ -108,8 +113,7 @@ class Processor:
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
 
     def _ensure_clients(self) -> None:
-        if self.producer is None:
-            self.producer = AsyncProducer(self.settings.bootstrap_servers)
+        self._started = True
         if self.registry is None:
             self.registry = CompactedView(
                 self.settings.bootstrap_servers, self.settings.registry_topic,
@@ -124,7 +128,7 @@ class Processor:
         loop = asyncio.get_running_loop()
         async for value in stream:
             self._ensure_clients()
-            assert self.registry is not None and self.producer is not None
+            assert self.registry is not None
             try:
                 event = EventRecord.model_validate_json(value)
             except ValueError:
@@ -139,11 +143,10 @@ class Processor:
                 functions = self.index.match(event)
             if not functions:
                 continue
-            records = []
             for trig in triggers_for(event, functions):
                 key = function_key(trig.app_id, trig.function_id)
-                records.append((key, trig.dumps(), partition_for(key, self.settings.partitions)))
-            await self.producer.send_to(self.settings.commands_topic, records)
+                await self._send(self.settings.commands_topic, key, trig.dumps(),
+                                 partition_for(key, self.settings.partitions))
 
     # -- function processor: sg.commands -> state, sg.work.<app>, sg.runs ------------------
 
@@ -158,7 +161,6 @@ class Processor:
             await self._handle(cmd, event.message.partition)
 
     async def _handle(self, cmd: Trigger | StepOutcome | TimerFired, partition: int) -> None:
-        assert self.producer is not None
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         now = now_ms()
@@ -170,14 +172,13 @@ class Processor:
         state = decision.state
         self.runs[state.run_id.encode()] = state.model_dump_json().encode()
         work = self.settings.work_topic(state.app_id)
-        sends: list[tuple[str, list[tuple[str, bytes | None, int]]]] = []
         for action in decision.actions:
             if isinstance(action, Dispatch):
                 if work not in self._work_topics:
                     await asyncio.get_running_loop().run_in_executor(
                         None, ensure_work_topic, self.settings, state.app_id)
                     self._work_topics.add(work)
-                sends.append((work, [(state.run_id, action.job.dumps(), partition)]))
+                await self._send(work, state.run_id, action.job.dumps(), partition)
             elif isinstance(action, StartTimer):
                 key = timer_key(action.due_ms, action.timer_id)
                 value = json.dumps({"app_id": state.app_id, "function_id": state.function_id,
@@ -186,10 +187,24 @@ class Processor:
                 heapq.heappush(self._heap, (action.due_ms, action.timer_id, value))
             elif isinstance(action, DeleteTimer):
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
-        view = state.view().dumps()
-        sends.append((self.settings.runs_topic,
-                      [(state.run_id, view, partition_for(state.run_id, self.settings.partitions))]))
-        await asyncio.gather(*(self.producer.send_to(topic, recs) for topic, recs in sends))
+        await self._send(self.settings.runs_topic, state.run_id, state.view().dumps(),
+                         partition_for(state.run_id, self.settings.partitions))
+
+    async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
+        """Hand a record to faust's producer; its flush before each commit awaits the ack."""
+        topic = self._out_topics.get(topic_name)
+        if topic is None:
+            topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")
+            self._out_topics[topic_name] = topic
+        fut = await topic.send(key=key.encode(), value=value, partition=partition)
+        fut.add_done_callback(self._check_sent)  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _check_sent(fut: "asyncio.Future[object]") -> None:
+        if not fut.cancelled() and fut.exception() is not None:
+            # Never commit past a lost output: stop now; a restart replays from the last commit.
+            log.critical("a record could not be produced (%r); stopping the processor", fut.exception())
+            os._exit(70)
 
     # -- timers ----------------------------------------------------------------------------
 
@@ -204,20 +219,18 @@ class Processor:
         log.info("timers: rebuilt index with %d pending timer(s)", len(heap))
 
     async def _fire_due_timers(self) -> None:
-        if self.producer is None or self.app.rebalancing:
+        if not self._started or self.app.rebalancing:
             return
         if self._heap_dirty:
             self._rebuild_heap()
         now = now_ms()
-        records = []
         while self._heap and self._heap[0][0] <= now:
             _due, timer_id, value = heapq.heappop(self._heap)
             target = json.loads(value)
             cmd = TimerFired(timer_id=timer_id, **target)
             key = function_key(cmd.app_id, cmd.function_id)
-            records.append((key, cmd.dumps(), partition_for(key, self.settings.partitions)))
-        if records:
-            await self.producer.send_to(self.settings.commands_topic, records)
+            await self._send(self.settings.commands_topic, key, cmd.dumps(),
+                             partition_for(key, self.settings.partitions))
 
 
 def create_processor(settings: Settings) -> Processor:

@@ -1,7 +1,8 @@
 """The worker: consumes this app's work queue, runs one step per job, reports the outcome.
 
-Offsets are committed only after the outcome is acknowledged by the broker, so a crash
-re-runs the step (at-least-once); the engine keeps the first result per (job, attempt).
+A job's offset is stored for commit only in the delivery report of its outcome (acks=all),
+so a crash re-runs the step (at-least-once); the engine keeps the first result per
+(job, attempt). Outcomes are not awaited one by one: the next job starts at once.
 """
 
 from __future__ import annotations
@@ -69,13 +70,16 @@ class Worker:
             ended_at=int(time.time() * 1000), worker_id=self.worker_id,
         )
 
-    def run(self) -> None:
+    def run(self, register: bool = True) -> None:
         """Consume and execute until :meth:`stop` is called."""
-        self.register()
+        if register:
+            self.register()
         consumer = Consumer({
             "bootstrap.servers": self.settings.bootstrap_servers,
             "group.id": self.group_id,
-            "enable.auto.commit": False,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.commit.interval.ms": 200,
             "auto.offset.reset": "earliest",
             "session.timeout.ms": self._session_timeout_ms,
             "heartbeat.interval.ms": min(1000, self._session_timeout_ms // 3),
@@ -83,9 +87,24 @@ class Worker:
             "log_level": 3,
         })
         consumer.subscribe([self.settings.work_topic(self.client.app_id)])
+        producer = self._producer.raw
+        failed: list[str] = []
+
+        def delivered(job_msg: object) -> object:
+            def report(err: KafkaError | None, _msg: object) -> None:
+                if err is None:
+                    consumer.store_offsets(message=job_msg)
+                else:
+                    failed.append(err.str())
+            return report
+
         try:
             while not self._stop.is_set():
-                msg = consumer.poll(0.1)
+                producer.poll(0)
+                if failed:
+                    # never move past a job whose outcome was lost: stop; a restart re-runs it
+                    raise RuntimeError(f"worker: an outcome could not be delivered: {failed[0]}")
+                msg = consumer.poll(0.05)
                 if msg is None:
                     continue
                 if msg.error():
@@ -96,21 +115,22 @@ class Worker:
                     job = Job.model_validate_json(msg.value())
                 except ValueError:
                     log.error("worker: dropped an undecodable job at offset %s", msg.offset())
-                    consumer.commit(msg, asynchronous=True)
+                    consumer.store_offsets(message=msg)
                     continue
                 outcome = self.handle(job)
                 key = function_key(job.app_id, job.function_id)
-                self._producer.send_many(self.settings.commands_topic, [(key, outcome.dumps())],
-                                         self.settings.partitions)
-                consumer.commit(msg, asynchronous=True)
+                self._producer.produce(self.settings.commands_topic, key, outcome.dumps(),
+                                       self.settings.partitions, on_delivery=delivered(msg))
                 self.jobs_done += 1
         finally:
+            producer.flush(10)
             consumer.close()
 
     def start(self) -> "Worker":
         """Run in a background thread (returns once the functions are registered)."""
         self.register()
-        self._thread = threading.Thread(target=self.run, name=f"sg-worker-{self.client.app_id}", daemon=True)
+        self._thread = threading.Thread(target=self.run, kwargs={"register": False},
+                                        name=f"sg-worker-{self.client.app_id}", daemon=True)
         self._thread.start()
         return self
 

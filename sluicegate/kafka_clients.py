@@ -22,7 +22,7 @@ def make_producer(bootstrap: str, **extra: object) -> Producer:
         "bootstrap.servers": bootstrap,
         "enable.idempotence": True,
         "acks": "all",
-        "linger.ms": 2,
+        "linger.ms": 0,  # latency first; batches still form while requests are in flight
         "message.max.bytes": 48 * 1024 * 1024,
         "log_level": 3,
     }
@@ -60,6 +60,21 @@ class SyncProducer:
             self._p.poll(0.05)
         if errors:
             raise BrokerUnavailable(f"the broker refused a record: {errors[0].str()}")
+
+    def produce(self, topic: str, key: str, value: bytes, partitions: int,
+                on_delivery: Callable[[KafkaError | None, object], None]) -> None:
+        """Produce without waiting; ``on_delivery`` runs in a later ``raw.poll()``."""
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key.encode(),
+                                partition=partition_for(key, partitions), on_delivery=on_delivery)
+                return
+            except BufferError:
+                self._p.poll(0.05)
+
+    @property
+    def raw(self) -> Producer:
+        return self._p
 
     def flush(self, timeout: float = 10.0) -> None:
         self._p.flush(timeout)
