@@ -6,7 +6,8 @@ A run has at most one job at a time (parallel steps are a later issue). Life of 
 
 1. ``Dispatch`` — the job goes to the app's work queue with the memos so far.
 2. The worker reports one :class:`~sluicegate.wire.StepOutcome`:
-   ``step_ok`` records the step and dispatches the next job (attempt 0);
+   ``step_ok`` records the step and dispatches the next job (attempt 0), or completes the
+   run when the worker's look-ahead saw the function return right after it (``run_done``);
    ``run_ok`` completes the run;
    ``step_error`` retries the same job after a backoff (``StartTimer``), or, when attempts
    are spent or the error is non-retriable, memoizes the step's error (the function sees a
@@ -131,6 +132,9 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
             size=size, attempts=[*job.failed_attempts, attempt_view])
         run.step_order.append(cmd.step_hash)
         run.state_bytes += size
+        if cmd.run_done:  # the worker's look-ahead saw the function return after this step
+            _finish(run, "completed", now_ms, output=cmd.run_output)
+            return Decision(run, changed=True)
         return Decision(run, [_next_job(run, now_ms)], changed=True)
 
     # step_error

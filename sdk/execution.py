@@ -14,12 +14,25 @@ def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]]) -> d
     """Run the handler from the top with these memos; return the outcome of this call.
 
     Outcome: ``{"op": "step_ok" | "step_error" | "run_ok", ...}`` (see ``wire.StepOutcome``).
+    After a step succeeds, the handler is called once more with that result memoized but
+    without running any new step (look-ahead): if the function then returns, the outcome
+    also carries ``run_done``/``run_output`` and the run ends without one more job.
     """
+    outcome = _call(fn, ctx, memos, plan_only=False)
+    if outcome["op"] == "step_ok":
+        ahead = _call(fn, ctx, {**memos, outcome["step_hash"]: {"data": outcome["data"]}}, plan_only=True)
+        if ahead["op"] == "run_ok":
+            outcome["run_done"] = True
+            outcome["run_output"] = ahead["data"]
+    return outcome
+
+
+def _call(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]], *, plan_only: bool) -> dict[str, Any]:
     try:
         if fn.is_async:
-            result = asyncio.run(fn.handler(ctx, AsyncStep(memos)))
+            result = asyncio.run(fn.handler(ctx, AsyncStep(memos, plan_only)))
         else:
-            result = fn.handler(ctx, Step(memos))
+            result = fn.handler(ctx, Step(memos, plan_only))
         return {"op": "run_ok", "data": _check_output(result, "(function result)")}
     except StepInterrupt as interrupt:
         return interrupt.outcome

@@ -73,6 +73,7 @@ def _check_output(value: Any, step_id: str) -> Any:
 @dataclass
 class _StepBase:
     memos: dict[str, dict[str, Any]]
+    plan_only: bool = False  # look-ahead call: stop at the first new step without running it
     _seen: dict[str, int] = field(default_factory=dict)
 
     def _resolve(self, step_id: str) -> tuple[str, str, dict[str, Any] | None]:
@@ -83,6 +84,10 @@ class _StepBase:
         full_id = step_id if n == 0 else f"{step_id}:{n}"
         h = step_hash(full_id)
         return full_id, h, self.memos.get(h)
+
+    def _stop_if_planning(self, full_id: str, h: str) -> None:
+        if self.plan_only:
+            raise StepInterrupt({"op": "planned", "step_hash": h, "step_id": full_id})
 
     @staticmethod
     def _replay(full_id: str, memo: dict[str, Any]) -> Any:
@@ -99,6 +104,7 @@ class Step(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
+        self._stop_if_planning(full_id, h)
         try:
             value = fn(*args)
             if inspect.isawaitable(value):
@@ -116,6 +122,7 @@ class AsyncStep(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
+        self._stop_if_planning(full_id, h)
         try:
             value = fn(*args)
             if inspect.isawaitable(value):

@@ -54,6 +54,9 @@ def run(fn: Function, event: dict[str, Any], max_calls: int = 1000) -> RunResult
             memos[out["step_hash"]] = {"data": json.loads(json.dumps(out["data"]))}
             result.step_ids.append(out["step_id"])
             attempt = 0
+            if out.get("run_done"):
+                result.status, result.output = "completed", out["run_output"]
+                break
             continue
         if not out.get("no_retry") and attempt + 1 < max_attempts:
             attempt += 1

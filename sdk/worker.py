@@ -66,7 +66,8 @@ class Worker:
             attempt=job.attempt, op=result["op"], step_hash=result.get("step_hash"),
             step_id=result.get("step_id"), data=result.get("data"),
             error=ErrorInfo(**error) if error else None, no_retry=bool(result.get("no_retry")),
-            retry_after_ms=result.get("retry_after_ms"), started_at=started,
+            retry_after_ms=result.get("retry_after_ms"), run_done=bool(result.get("run_done")),
+            run_output=result.get("run_output"), started_at=started,
             ended_at=int(time.time() * 1000), worker_id=self.worker_id,
         )
 

@@ -97,8 +97,9 @@ class ErrorInfo(BaseModel):
 class StepOutcome(_Model):
     """Worker → function processor: what one job did.
 
-    ``op``: ``step_ok`` (a step ran and returned ``data``), ``step_error`` (a step or the
-    function body raised), ``run_ok`` (the function returned ``data``; no step left).
+    ``op``: ``step_ok`` (a step ran and returned ``data``; with ``run_done`` the function
+    then returned ``run_output``), ``step_error`` (a step or the function body raised),
+    ``run_ok`` (the function returned ``data``; no step left).
     """
 
     kind: Literal["outcome"] = "outcome"
@@ -114,6 +115,8 @@ class StepOutcome(_Model):
     error: ErrorInfo | None = None
     no_retry: bool = False
     retry_after_ms: int | None = None
+    run_done: bool = Field(False, description="step_ok only: the function returned right after this step")
+    run_output: Any = None
     started_at: int
     ended_at: int
     worker_id: str = ""

@@ -80,3 +80,11 @@ def test_event_prefix_does_not_match_an_event_id_it_prefixes(event_id: str, othe
 @pytest.mark.parametrize("offset", [0, 1, 255, 256, 2**31, 2**63 - 1])
 def test_offset_round_trip(offset: int) -> None:
     assert codecs.decode_offset(codecs.encode_offset(offset)) == offset
+
+
+def test_local_broker_cluster_ids_never_look_like_an_option() -> None:
+    from sluicegate.local_broker import _cluster_id
+
+    ids = [_cluster_id() for _ in range(2000)]
+    assert all(len(c) == 22 and not c.startswith("-") for c in ids)
+    assert len(set(ids)) == len(ids)

@@ -427,3 +427,12 @@ def test_run_limits(steps: int, state_bytes: int, data: Any, error_fragment: str
         assert new.status == "failed" and new.error is not None
         assert new.error.name == "LimitExceeded"
         assert error_fragment in new.error.message
+
+
+def test_step_ok_with_run_done_memoizes_the_step_and_completes_without_another_job() -> None:
+    run = started()
+    d = apply(run, step_ok(run, "only", data=41, run_done=True, run_output={"answer": 42}))
+    assert d.changed and d.actions == []
+    assert d.state is not None
+    assert (d.state.status, d.state.output, d.state.ended_at, d.state.job) == ("completed", {"answer": 42}, NOW, None)
+    assert d.state.steps["h-only"].output == 41 and d.state.step_order == ["h-only"]

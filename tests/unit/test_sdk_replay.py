@@ -73,7 +73,10 @@ def test_repeated_step_ids_get_a_counter_suffix(memoized: int, runs_as: str) -> 
     fn = define(handler)
     memos = {step_hash(sid): ok_memo(sid) for sid in ["a", "a:1", "a:2"][:memoized]}
     out = testing.call(fn, EVENT, memos)
-    assert out == {"op": "step_ok", "step_hash": step_hash(runs_as), "step_id": runs_as, "data": memoized}
+    expected = {"op": "step_ok", "step_hash": step_hash(runs_as), "step_id": runs_as, "data": memoized}
+    if runs_as == "a:2":  # the last step: the look-ahead sees the function return
+        expected |= {"run_done": True, "run_output": ["a", "a:1", 2]}
+    assert out == expected
 
 
 # -- one call --------------------------------------------------------------------------------
@@ -102,7 +105,9 @@ def three_steps(counter: Counter[str]) -> Callable[[Context, Step], Any]:
                  {"op": "step_ok", "step_hash": step_hash("b"), "step_id": "b", "data": {"from_a": 10}}, ["b"],
                  id="memo-value-is-returned-not-recomputed"),
     pytest.param({step_hash("a"): ok_memo(1), step_hash("b"): ok_memo("B")},
-                 {"op": "step_ok", "step_hash": step_hash("c"), "step_id": "c", "data": [1, "B"]}, ["c"],
+                 {"op": "step_ok", "step_hash": step_hash("c"), "step_id": "c", "data": [1, "B"],
+                  # look-ahead: the function returns right after the last step, so no extra call
+                  "run_done": True, "run_output": {"a": 1, "b": "B", "c": [1, "B"]}}, ["c"],
                  id="third-step"),
     pytest.param({step_hash("a"): ok_memo(1), step_hash("b"): ok_memo(2), step_hash("c"): ok_memo(3)},
                  {"op": "run_ok", "data": {"a": 1, "b": 2, "c": 3}}, [], id="all-memoized-returns"),
@@ -210,7 +215,10 @@ def test_except_exception_does_not_swallow_the_step_interrupt(step_fn: Callable[
 
     out = testing.call(define(handler), EVENT)
     assert (out["op"], out["step_id"]) == (expected_op, "a")
-    assert after == []
+    assert out.get("run_output") != "swallowed"
+    # Past the step only in the look-ahead call, where "a" is already memoized.
+    assert after == (["ran past the step"] if expected_op == "step_ok" else [])
+    assert out.get("run_done", False) is (expected_op == "step_ok")
 
 
 # -- output limits ---------------------------------------------------------------------------
@@ -311,7 +319,7 @@ def test_run_drives_three_steps_to_completion() -> None:
     assert (result.status, result.error) == ("completed", None)
     assert result.output == {"a": 1, "b": {"from_a": 1}, "c": [1, {"from_a": 1}]}
     assert result.step_ids == ["a", "b", "c"]
-    assert result.calls == 4
+    assert result.calls == 3  # one per step; the look-ahead after the last sees the return
     assert result.memos == {step_hash("a"): ok_memo(1), step_hash("b"): ok_memo({"from_a": 1}),
                             step_hash("c"): ok_memo([1, {"from_a": 1}])}
     assert counter == Counter({"a": 1, "b": 1, "c": 1})
@@ -345,7 +353,7 @@ def test_step_failing_twice_then_succeeding_is_called_three_times() -> None:
     assert (result.status, result.output) == ("completed", ["first", "ok", "last"])
     assert counter == Counter({"first": 1, "flaky": 3, "last": 1})
     assert attempts_seen == [0, 1, 2]
-    assert result.calls == 6
+    assert result.calls == 5  # first, flaky x3, last (the look-ahead ends the run)
 
 
 @pytest.mark.parametrize(("catch", "status", "output"), [
@@ -464,3 +472,22 @@ def test_decorator_registers_definition() -> None:
     assert d.version == d.compute_version() and len(d.version) == 16
     with pytest.raises(ValueError, match="defined twice"):
         sg.function(id="welcome", trigger="other")(lambda ctx, step: None)
+
+
+def test_look_ahead_never_runs_a_new_step_and_ignores_errors_after_the_step() -> None:
+    ran: Counter[str] = Counter()
+
+    def handler(ctx: Context, step: Step) -> Any:
+        step.run("a", lambda: ran.update(["a"]) or 1)
+        if ctx.event["data"].get("explode"):
+            raise ValueError("after the step")
+        step.run("b", lambda: ran.update(["b"]) or 2)
+        return "done"
+
+    fn = define(handler)
+    out = testing.call(fn, EVENT)
+    assert (out["op"], out["step_id"], out.get("run_done", False)) == ("step_ok", "a", False)
+    assert ran == Counter(a=1)  # "b" was only planned by the look-ahead, never run
+    exploding = testing.call(fn, {**EVENT, "data": {"explode": True}})
+    # the error after the step belongs to the next call, not to this step's outcome
+    assert (exploding["op"], exploding.get("run_done", False)) == ("step_ok", False)
