@@ -170,6 +170,18 @@ def on_timer(run: RunState, cmd: TimerFired, now_ms: int) -> Decision:
     return Decision(run, [DeleteTimer("delete_timer", cmd.timer_id, due), _dispatch(run, now_ms)], changed=True)
 
 
+def _copy_for_update(run: RunState) -> RunState:
+    """Copy exactly what the handlers below mutate (a deep copy costs ~10% of a command).
+
+    Step records are replaced, never changed in place, so the dict is copied, not its values.
+    """
+    return run.model_copy(update={
+        "steps": dict(run.steps),
+        "step_order": list(run.step_order),
+        "job": None if run.job is None else run.job.model_copy(deep=True),
+    })
+
+
 def decide(run: RunState | None, cmd: Trigger | StepOutcome | TimerFired, now_ms: int) -> Decision:
     """The one entry point the processor calls for every command of a function's partition."""
     if isinstance(cmd, Trigger):
@@ -178,7 +190,7 @@ def decide(run: RunState | None, cmd: Trigger | StepOutcome | TimerFired, now_ms
         return start(cmd, now_ms)
     if run is None:
         return Decision(None, note="unknown run")
-    run = run.model_copy(deep=True)
+    run = _copy_for_update(run)
     if isinstance(cmd, StepOutcome):
         return on_outcome(run, cmd, now_ms)
     return on_timer(run, cmd, now_ms)
