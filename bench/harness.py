@@ -15,15 +15,17 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from sluicegate.devstack import ProcessorProcess, external_bootstrap
+from sluicegate.kafka_clients import PRODUCER_DEFAULTS
+from sluicegate.sdk.worker import FETCH_WAIT_MAX_MS
 from sluicegate.local_broker import KAFKA_VERSION, LocalBroker
 from sluicegate.settings import Settings
 from sluicegate.topics import ensure_core_topics
 
 # What the SDK producer and worker are configured with (sluicegate/kafka_clients.py
 # make_producer, sdk/worker.py); recorded with every result.
-PRODUCER_ACKS = "all"
-PRODUCER_LINGER_MS = 2
-WORKER_FETCH_WAIT_MAX_MS = 10
+PRODUCER_ACKS = PRODUCER_DEFAULTS["acks"]
+PRODUCER_LINGER_MS = PRODUCER_DEFAULTS["linger.ms"]
+WORKER_FETCH_WAIT_MAX_MS = FETCH_WAIT_MAX_MS
 
 
 class BenchStack:

@@ -24,6 +24,8 @@ from .step import Context
 
 log = logging.getLogger("sluicegate.worker")
 
+FETCH_WAIT_MAX_MS = 10  # how long the broker may hold a fetch when the work queue is empty
+
 
 class Worker:
     def __init__(self, client: "Sluicegate", *, group_id: str | None = None,  # noqa: F821
@@ -84,7 +86,7 @@ class Worker:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": self._session_timeout_ms,
             "heartbeat.interval.ms": min(1000, self._session_timeout_ms // 3),
-            "fetch.wait.max.ms": 10,
+            "fetch.wait.max.ms": FETCH_WAIT_MAX_MS,
             "log_level": 3,
         })
         consumer.subscribe([self.settings.work_topic(self.client.app_id)])

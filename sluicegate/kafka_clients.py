@@ -16,16 +16,18 @@ from .partitioning import partition_for
 log = logging.getLogger(__name__)
 
 
+PRODUCER_DEFAULTS: dict[str, object] = {
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 0,  # latency first; batches still form while requests are in flight
+    "message.max.bytes": 48 * 1024 * 1024,
+    "log_level": 3,
+}
+
+
 def make_producer(bootstrap: str, **extra: object) -> Producer:
     """Idempotent producer: acks=all and safe retries (invariant 1)."""
-    conf: dict[str, object] = {
-        "bootstrap.servers": bootstrap,
-        "enable.idempotence": True,
-        "acks": "all",
-        "linger.ms": 0,  # latency first; batches still form while requests are in flight
-        "message.max.bytes": 48 * 1024 * 1024,
-        "log_level": 3,
-    }
+    conf: dict[str, object] = {"bootstrap.servers": bootstrap, **PRODUCER_DEFAULTS}
     conf.update(extra)
     return Producer(conf)
 
