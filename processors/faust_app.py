@@ -84,7 +84,6 @@ class Processor:
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
         self._out_topics: dict[str, faust.TopicT] = {}
-        self._started = False
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
         self._work_topics: set[str] = set()
@@ -104,31 +103,25 @@ class Processor:
             self._heap_dirty = True
             log.info("processor: rebalance complete, active partitions recovered")
 
-        @app.task
-        async def _start_clients() -> None:
-            self._ensure_clients()
-
         app.agent(self.events_topic, name="sluicegate.router")(self._route)
         app.agent(self.commands_topic, name="sluicegate.functions")(self._functions)
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
 
-    def _ensure_clients(self) -> None:
-        self._started = True
-        if self.registry is None:
-            self.registry = CompactedView(
-                self.settings.bootstrap_servers, self.settings.registry_topic,
-                FunctionDefinition.model_validate_json, self._on_registry_change,
-            )
-            self.registry.start()
-            self._on_registry_change("", None)
+    def start_registry(self) -> None:
+        """Read the registry to its end (blocking; before the event loop starts), then follow it."""
+        self.registry = CompactedView(
+            self.settings.bootstrap_servers, self.settings.registry_topic,
+            FunctionDefinition.model_validate_json, self._on_registry_change,
+        )
+        self.registry.start()
+        self._on_registry_change("", None)
 
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
     async def _route(self, stream: faust.StreamT) -> None:
         loop = asyncio.get_running_loop()
         async for value in stream:
-            self._ensure_clients()
-            assert self.registry is not None
+            assert self.registry is not None, "start_registry() first"
             try:
                 event = EventRecord.model_validate_json(value)
             except ValueError:
@@ -152,7 +145,6 @@ class Processor:
 
     async def _functions(self, stream: faust.StreamT) -> None:
         async for event in stream.events():
-            self._ensure_clients()
             try:
                 cmd = command_adapter.validate_json(event.value)
             except ValueError:
@@ -219,7 +211,7 @@ class Processor:
         log.info("timers: rebuilt index with %d pending timer(s)", len(heap))
 
     async def _fire_due_timers(self) -> None:
-        if not self._started or self.app.rebalancing:
+        if self.app.rebalancing:
             return
         if self._heap_dirty:
             self._rebuild_heap()
@@ -236,7 +228,9 @@ class Processor:
 def create_processor(settings: Settings) -> Processor:
     ensure_core_topics(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return Processor(settings)
+    processor = Processor(settings)
+    processor.start_registry()
+    return processor
 
 
 def run_processor(settings: Settings) -> None:

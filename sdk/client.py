@@ -64,5 +64,7 @@ class Sluicegate:
         return Worker(self, **kwargs)
 
     def close(self) -> None:
+        """Deliver what is pending and release the producer (it reconnects on the next send)."""
         if self._producer is not None:
             self._producer.flush()
+            self._producer = None

@@ -141,3 +141,4 @@ class Worker:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+        self._producer.flush(5)

@@ -48,13 +48,7 @@ class SyncProducer:
                 errors.append(err)
 
         for key, value in records:
-            while True:
-                try:
-                    self._p.produce(topic, value=value, key=key.encode(),
-                                    partition=partition_for(key, partitions), on_delivery=done)
-                    break
-                except BufferError:
-                    self._p.poll(0.05)
+            self.produce(topic, key, value, partitions, on_delivery=done)
         deadline = time.monotonic() + timeout
         while pending[0] > 0:
             if time.monotonic() > deadline:

@@ -34,9 +34,15 @@ def kafka_bootstrap() -> Iterator[str]:
         yield external
         return
     if _docker_answers():
-        from testcontainers.kafka import KafkaContainer
+        try:
+            from testcontainers.community.kafka import KafkaContainer
+        except ImportError:  # testcontainers < 4.10
+            from testcontainers.kafka import KafkaContainer
 
-        with KafkaContainer().with_kraft() as container:
+        # cp-kafka 7.9 is Apache Kafka 3.9, the version the launcher runs (see README)
+        container = KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft()
+        container.with_env("KAFKA_MESSAGE_MAX_BYTES", "52428800")
+        with container:
             yield container.get_bootstrap_server()
         return
     from sluicegate.local_broker import LocalBroker

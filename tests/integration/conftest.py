@@ -29,9 +29,12 @@ class Engine:
     api: ApiServer
     http: httpx.Client
     workers: list[Any] = field(default_factory=list)
+    apps: list[Sluicegate] = field(default_factory=list)
 
     def app(self, prefix: str = "app") -> Sluicegate:
-        return Sluicegate(app_id=f"{prefix}-{uuid.uuid4().hex[:8]}", settings=self.settings)
+        sg = Sluicegate(app_id=f"{prefix}-{uuid.uuid4().hex[:8]}", settings=self.settings)
+        self.apps.append(sg)
+        return sg
 
     def start_worker(self, sg: Sluicegate) -> Any:
         worker = sg.worker(session_timeout_ms=6000).start()
@@ -77,6 +80,9 @@ def engine(kafka_bootstrap: str, session_prefix: str, tmp_path_factory: pytest.T
     finally:
         for w in eng.workers:
             w.stop()
+        eng.workers.clear()
+        for sg in eng.apps:
+            sg.close()
         http.close()
         api.stop()
         processor.stop()
@@ -90,3 +96,6 @@ def engine_cleanup(engine: Engine) -> Iterator[Engine]:
     for w in engine.workers[before:]:
         w.stop()
     del engine.workers[before:]
+    for sg in engine.apps:
+        sg.close()
+    engine.apps.clear()

@@ -214,4 +214,9 @@ def test_a_processor_crash_mid_run_resumes_without_rerunning_finished_steps(engi
     run = engine_cleanup.wait_run(event_id)
     assert run["status"] == "completed", run
     assert run["output"] == ["one", "two", "three"]
-    assert calls == Counter(first=1, second=1, third=1)
+    # "first" had finished before the crash: never re-run. "second" was executing: the
+    # restarted processor may dispatch it again (at-least-once, DESIGN invariant 5) if the
+    # crash beat the flush of its state; either way exactly one result is recorded.
+    assert (calls["first"], calls["third"]) == (1, 1)
+    assert calls["second"] in (1, 2)
+    assert [len(s["attempts"]) for s in run["steps"]] == [1, 1, 1]
