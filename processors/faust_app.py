@@ -37,13 +37,14 @@ from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
 from ..state.run_state import RunState
-from ..topics import ensure_core_topics, ensure_work_topic
+from ..topics import MAX_MESSAGE_BYTES, ensure_core_topics, ensure_work_topic
 from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
 from .routing import TriggerIndex, triggers_for
 from .run_decisions import DeleteTimer, Dispatch, StartTimer, decide
 
 log = logging.getLogger("sluicegate.processor")
 
+MAX_RECORD_BYTES = int(MAX_MESSAGE_BYTES)
 REGISTRY_WAIT_S = 2.0       # how long an unmatched live event waits for the registry to catch up
 LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the registry
 
@@ -76,6 +77,9 @@ class Processor:
             topic_disable_leader=True,
             web_enabled=False,
             producer_acks=-1,
+            # jobs and run views carry step outputs (4 MiB each, 32 MiB per run; README limits)
+            producer_max_request_size=MAX_RECORD_BYTES,
+            consumer_max_fetch_size=MAX_RECORD_BYTES,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
         self.commands_topic = self.app.topic(s.commands_topic, key_serializer="raw", value_serializer="raw")

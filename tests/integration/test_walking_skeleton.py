@@ -220,3 +220,22 @@ def test_a_processor_crash_mid_run_resumes_without_rerunning_finished_steps(engi
     assert (calls["first"], calls["third"]) == (1, 1)
     assert calls["second"] in (1, 2)
     assert [len(s["attempts"]) for s in run["steps"]] == [1, 1, 1]
+
+
+def test_large_step_outputs_travel_through_every_topic(engine_cleanup: Engine) -> None:
+    """Step outputs up to the 4 MiB limit pass the job, outcome and run-view records."""
+    sg = engine_cleanup.app("large")
+    size = 3 * 1024 * 1024
+
+    @sg.function(id="big", trigger="big/go", retries=FAST_RETRIES)
+    def big(ctx, step):
+        blob = step.run("make-blob", lambda: "x" * size)
+        again = step.run("make-another", lambda: "y" * size)
+        return {"lengths": [len(blob), len(again)]}
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "big/go"})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "completed", {k: v for k, v in run.items() if k != "steps"}
+    assert run["output"] == {"lengths": [size, size]}
+    assert [len(s["output"]) for s in run["steps"]] == [size, size]
