@@ -55,3 +55,29 @@ def test_the_runs_api_requires_the_token_when_one_is_set(engine: "Engine") -> No
         assert "s3cret-token" not in ok.text
     finally:
         api.stop()
+
+
+def test_keys_cli_creates_a_key_once_and_lists_only_its_prefix(engine: "Engine") -> None:
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "SLUICEGATE_BOOTSTRAP_SERVERS": engine.settings.bootstrap_servers,
+           "SLUICEGATE_TOPIC_PREFIX": engine.settings.topic_prefix,
+           "SLUICEGATE_PARTITIONS": str(engine.settings.partitions)}
+    created = subprocess.run([sys.executable, "-m", "sluicegate.cli", "keys", "create", "--app", "cli-app"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    assert key.startswith("sgk_") and len(key) > 40
+    listed = subprocess.run([sys.executable, "-m", "sluicegate.cli", "keys", "list"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    line = next(line for line in listed.stdout.splitlines() if "app=cli-app" in line)
+    assert mask(key) in line and key not in listed.stdout
+    # and the key works on the HTTP bridge right away
+    r = engine.http.post(f"/e/{key}", json={"name": "cli/works"})
+    assert r.status_code == 200, r.text
+    missing = subprocess.run([sys.executable, "-m", "sluicegate.cli", "keys", "create"],
+                             env=env, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and "--app" in missing.stderr
