@@ -1,8 +1,10 @@
 """Which functions an event starts, and the id of each run. Pure.
 
-Matching is by exact event name for now (wildcards and ``if`` are a later issue). A run id
-is derived from (app, function, event id), so a redelivered event maps to the same run and
-the function processor drops the duplicate.
+Matching: exact names through a dict, trailing wildcards (``app/*``, ``app/user.*``) through
+a list of prefixes, then each trigger's ``if`` (CEL, compiled once; an error counts as no
+match). A function that matches through several triggers gets one run. A run id is derived
+from (app, function, event id), so a redelivered event maps to the same run and the
+function processor drops the duplicate.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import base64
 import hashlib
 from collections import defaultdict
 
+from ..triggers import TriggerEvent
 from ..wire import EventRecord, FunctionDefinition, Trigger
 
 
@@ -18,17 +21,31 @@ class TriggerIndex:
     """(app_id, event name) -> functions, rebuilt from the registry when it changes."""
 
     def __init__(self) -> None:
-        self._by_name: dict[tuple[str, str], list[FunctionDefinition]] = {}
+        self._exact: dict[tuple[str, str], list[tuple[TriggerEvent, FunctionDefinition]]] = {}
+        self._wildcards: dict[str, list[tuple[TriggerEvent, FunctionDefinition]]] = {}
 
     def rebuild(self, definitions: list[FunctionDefinition]) -> None:
-        index: dict[tuple[str, str], list[FunctionDefinition]] = defaultdict(list)
+        exact: dict[tuple[str, str], list[tuple[TriggerEvent, FunctionDefinition]]] = defaultdict(list)
+        wildcards: dict[str, list[tuple[TriggerEvent, FunctionDefinition]]] = defaultdict(list)
         for fn in definitions:
             for trig in fn.triggers:
-                index[(fn.app_id, trig.event)].append(fn)
-        self._by_name = dict(index)
+                if trig.prefix is None:
+                    exact[(fn.app_id, trig.event)].append((trig, fn))
+                else:
+                    wildcards[fn.app_id].append((trig, fn))
+        self._exact, self._wildcards = dict(exact), dict(wildcards)
 
     def match(self, event: EventRecord) -> list[FunctionDefinition]:
-        return self._by_name.get((event.app_id, event.name), [])
+        candidates = self._exact.get((event.app_id, event.name), []) + [
+            (t, fn) for t, fn in self._wildcards.get(event.app_id, ()) if event.name.startswith(t.prefix or "")]
+        if not candidates:
+            return []
+        payload = event.as_payload()
+        out: dict[str, FunctionDefinition] = {}
+        for trig, fn in candidates:
+            if fn.function_id not in out and trig.matches(event.name, payload):
+                out[fn.function_id] = fn
+        return list(out.values())
 
 
 def run_id_for(app_id: str, function_id: str, event_id: str) -> str:

@@ -2,10 +2,11 @@
 
 from .client import Sluicegate
 from .errors import NonRetriableError, RetryAfterError, StepError
-from .function import Function, FunctionConfig, Retries, TriggerEvent
+from .function import (Batch, Debounce, Function, FunctionConfig, RateLimit, Retries, Singleton, TriggerCron,
+                       TriggerEvent)
 from .step import Context, Step
 
 __all__ = [
-    "Context", "Function", "FunctionConfig", "NonRetriableError", "Retries", "RetryAfterError",
-    "Sluicegate", "Step", "StepError", "TriggerEvent",
+    "Batch", "Context", "Debounce", "Function", "FunctionConfig", "NonRetriableError", "RateLimit", "Retries",
+    "RetryAfterError", "Singleton", "Sluicegate", "Step", "StepError", "TriggerCron", "TriggerEvent",
 ]

@@ -7,7 +7,9 @@ from typing import Any, Callable
 from ..events import validate_events
 from ..kafka_clients import SyncProducer
 from ..settings import Settings
-from .function import Function, FunctionConfig, Retries, TriggerEvent
+from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
+from ..triggers import TriggerCron, TriggerEvent
+from .function import Function, FunctionConfig, Retries
 
 
 class Sluicegate:
@@ -42,12 +44,21 @@ class Sluicegate:
 
     # -- functions --------------------------------------------------------------------------
 
-    def function(self, *, id: str, trigger: TriggerEvent | list[TriggerEvent] | str,
-                 retries: Retries | int = Retries(), name: str | None = None) -> Callable[[Callable[..., Any]], Function]:
-        """Decorator: register ``handler(ctx, step)`` (sync or async) as a function of this app."""
-        if isinstance(trigger, str):
-            trigger = TriggerEvent(event=trigger)
-        config = FunctionConfig(id=id, name=name, trigger=trigger, retries=retries)
+    def function(self, *, id: str,
+                 trigger: str | TriggerEvent | TriggerCron | list[str | TriggerEvent | TriggerCron],
+                 retries: Retries | int = Retries(), name: str | None = None,
+                 rate_limit: RateLimit | None = None, debounce: Debounce | None = None,
+                 batch: Batch | None = None, idempotency: str | None = None,
+                 singleton: Singleton | None = None) -> Callable[[Callable[..., Any]], Function]:
+        """Decorator: register ``handler(ctx, step)`` (sync or async) as a function of this app.
+
+        Invalid configuration (a bad id, trigger or expression, an incompatible combination
+        of flow controls) raises ``pydantic.ValidationError`` naming the field, here, at
+        definition time.
+        """
+        flow = FlowControl(rate_limit=rate_limit, debounce=debounce, batch=batch,
+                           idempotency=idempotency, singleton=singleton)
+        config = FunctionConfig(id=id, name=name, trigger=trigger, retries=retries, flow=flow)
 
         def decorate(handler: Callable[..., Any]) -> Function:
             if config.id in self.functions:

@@ -9,16 +9,15 @@ from typing import Any, Callable
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import limits
-from ..wire import FunctionDefinition, EventTrigger
+from ..expressions import InvalidExpression, compile_expression
+from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
+from ..triggers import TriggerCron, TriggerEvent, Triggers
+from ..wire import FunctionDefinition
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
-
-class TriggerEvent(BaseModel):
-    """Start a run for every event with this exact name."""
-
-    model_config = ConfigDict(extra="forbid")
-    event: str = Field(min_length=1, max_length=limits.MAX_TRIGGER_NAME_LENGTH)
+__all__ = ["Batch", "Debounce", "Function", "FunctionConfig", "RateLimit", "Retries", "Singleton",
+           "TriggerCron", "TriggerEvent"]
 
 
 class Retries(BaseModel):
@@ -46,8 +45,9 @@ class FunctionConfig(BaseModel):
 
     id: str = Field(min_length=1, max_length=limits.MAX_ID_LENGTH)
     name: str | None = None
-    trigger: TriggerEvent | list[TriggerEvent]
+    trigger: Triggers
     retries: Retries | int = Retries()
+    flow: FlowControl = FlowControl()
 
     @field_validator("id")
     @classmethod
@@ -62,16 +62,24 @@ class FunctionConfig(BaseModel):
         # a bare number is the retry count: check it now, like Retries(attempts=...)
         return Retries(attempts=v) if isinstance(v, int) and not isinstance(v, bool) else v
 
-    @field_validator("trigger")
+    @field_validator("trigger", mode="before")
     @classmethod
-    def _triggers(cls, v: TriggerEvent | list[TriggerEvent]) -> TriggerEvent | list[TriggerEvent]:
-        if isinstance(v, list) and not 1 <= len(v) <= 10:
-            raise ValueError("a function has 1 to 10 triggers")
+    def _triggers(cls, v: Any) -> Any:
+        return v if isinstance(v, Triggers) else Triggers.of(v)
+
+    @field_validator("flow")
+    @classmethod
+    def _flow_expressions(cls, v: FlowControl) -> FlowControl:
+        for field, source in v.expressions().items():
+            try:
+                compile_expression(source, field=field)
+            except InvalidExpression as exc:
+                raise ValueError(exc.message) from None
         return v
 
     @property
     def triggers(self) -> list[TriggerEvent]:
-        return self.trigger if isinstance(self.trigger, list) else [self.trigger]
+        return self.trigger.events
 
     @property
     def retry_policy(self) -> Retries:
@@ -95,7 +103,8 @@ class Function:
         policy = self.config.retry_policy
         d = FunctionDefinition(
             app_id=self.app_id, function_id=self.config.id, name=self.config.name or self.config.id,
-            triggers=[EventTrigger(event=t.event) for t in self.config.triggers], retries=policy.attempts,
+            triggers=list(self.config.trigger.events), crons=list(self.config.trigger.crons),
+            flow=self.config.flow if self.config.flow != FlowControl() else None, retries=policy.attempts,
             backoff_ms=policy.backoff_ms, backoff_jitter_ms=policy.jitter_ms,
         )
         d.version = d.compute_version()

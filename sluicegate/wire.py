@@ -22,6 +22,9 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .flow_config import FlowControl
+from .triggers import TriggerCron, TriggerEvent
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -52,8 +55,7 @@ class EventRecord(_Model):
         return out
 
 
-class EventTrigger(BaseModel):
-    event: str
+EventTrigger = TriggerEvent  # the name the processors use
 
 
 class FunctionDefinition(_Model):
@@ -62,7 +64,9 @@ class FunctionDefinition(_Model):
     app_id: str
     function_id: str
     name: str
-    triggers: list[EventTrigger]
+    triggers: list[TriggerEvent]
+    crons: list[TriggerCron] = Field(default_factory=list)
+    flow: FlowControl | None = None
     retries: int
     backoff_ms: list[int] | None = None
     backoff_jitter_ms: int | None = None

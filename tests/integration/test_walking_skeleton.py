@@ -239,3 +239,26 @@ def test_large_step_outputs_travel_through_every_topic(engine_cleanup: Engine) -
     assert run["status"] == "completed", {k: v for k, v in run.items() if k != "steps"}
     assert run["output"] == {"lengths": [size, size]}
     assert [len(s["output"]) for s in run["steps"]] == [size, size]
+
+
+def test_wildcard_and_if_triggers_start_only_matching_runs(engine_cleanup: Engine) -> None:
+    from sluicegate.sdk import TriggerEvent
+
+    sg = engine_cleanup.app("triggers")
+
+    @sg.function(id="big-orders", trigger=TriggerEvent(event="shop/order.*", if_exp="event.data.amount > 100"))
+    def big_orders(ctx, step):
+        return step.run("label", lambda: f"{ctx.event['name']}:{ctx.event['data']['amount']}")
+
+    engine_cleanup.start_worker(sg)
+    # events of one app share a partition of sg.events, so the router sees them in this order
+    skipped = sg.send([
+        {"name": "shop/order.created", "data": {"amount": 5}},      # `if` is false
+        {"name": "shop/refund.created", "data": {"amount": 500}},   # name does not match
+        {"name": "shop/order.created", "data": {}},                 # `if` errors: no match
+    ])
+    [matching] = sg.send({"name": "shop/order.paid", "data": {"amount": 150}})
+    run = engine_cleanup.wait_run(matching)
+    assert (run["status"], run["output"]) == ("completed", "shop/order.paid:150")
+    for event_id in skipped:
+        assert engine_cleanup.runs_for_event(event_id) == []
