@@ -39,8 +39,8 @@ class RateLimit(_Config):
 
     ``mode="gcra"`` (Inngest's behaviour): GCRA with burst ``floor(limit / 10)``, so small
     limits admit evenly spaced single runs (``limit=5`` per day: one, then one every 4.8 h).
-    ``mode="window"``: GCRA with burst = ``limit``: up to ``limit`` runs at once, then the
-    capacity refills evenly over the period — what "N per window" users expect
+    ``mode="window"``: GCRA with burst = ``limit - 1`` (capacity ``limit``): up to ``limit``
+    runs at once, then the capacity refills evenly over the period — what "N per window" users expect
     (inngest/inngest#1460).
     """
 
