@@ -10,6 +10,7 @@ import hashlib
 import secrets
 import time
 
+from ..ids import check_id
 from ..kafka_clients import CompactedView, SyncProducer
 from ..settings import Settings
 from ..topics import ensure_core_topics
@@ -34,6 +35,7 @@ def new_key() -> str:
 
 def create_key(settings: Settings, app_id: str) -> str:
     """Create a key for ``app_id``, store its hash, return the key (the only time it is seen)."""
+    check_id(app_id, field="app")
     ensure_core_topics(settings)
     key = new_key()
     record = EventKeyRecord(app_id=app_id, prefix=mask(key), created_at=int(time.time() * 1000))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from ..events import validate_events
+from ..ids import check_id
 from ..kafka_clients import SyncProducer
 from ..settings import Settings
 from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
@@ -27,7 +28,7 @@ class Sluicegate:
         if bootstrap_servers:
             base = base.model_copy(update={"bootstrap_servers": bootstrap_servers})
         self.settings = base
-        self.app_id = app_id
+        self.app_id = check_id(app_id, field="app_id")
         self.functions: dict[str, Function] = {}
         self._producer: SyncProducer | None = None
 

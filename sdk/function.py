@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import inspect
-import re
 from typing import Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from .. import limits
 from ..expressions import InvalidExpression, compile_expression
+from ..ids import ID_PATTERN, ID_RULE
 from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
 from ..triggers import TriggerCron, TriggerEvent, Triggers
 from ..wire import FunctionDefinition
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 __all__ = ["Batch", "Debounce", "Function", "FunctionConfig", "RateLimit", "Retries", "Singleton",
            "TriggerCron", "TriggerEvent"]
@@ -52,8 +51,8 @@ class FunctionConfig(BaseModel):
     @field_validator("id")
     @classmethod
     def _id(cls, v: str) -> str:
-        if not _ID.match(v):
-            raise ValueError("use letters, digits, '.', '_' and '-' (starting with a letter or digit)")
+        if not ID_PATTERN.match(v):
+            raise ValueError(ID_RULE)
         return v
 
     @field_validator("retries", mode="before")

@@ -171,3 +171,17 @@ def test_definition_carries_triggers_and_flow_control_and_versions_change_with_c
     assert f.definition().version != Sluicegate(app_id="shop").function(
         id="f", trigger=[TriggerEvent(event="shop/*", if_exp="event.data.ok"),
                          TriggerCron(cron="TZ=Europe/Paris 0 9 * * 1")])(lambda c, s: None).definition().version
+
+
+@pytest.mark.parametrize("app_id", ["", "a/b", "-lead", "sp ace", "x" * 129, "émoji"])
+def test_app_ids_that_cannot_be_topic_names_or_state_keys_are_rejected(app_id: str) -> None:
+    from sluicegate.errors import InvalidInput
+
+    with pytest.raises(InvalidInput) as err:
+        Sluicegate(app_id=app_id)
+    assert err.value.field == "app_id"
+
+
+def test_valid_app_ids() -> None:
+    for app_id in ["shop", "shop-eu.1", "A_b", "x" * 128]:
+        assert Sluicegate(app_id=app_id).app_id == app_id
