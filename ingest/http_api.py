@@ -47,6 +47,10 @@ class EventRuns(BaseModel):
     data: list[RunView]
 
 
+class SkipCounts(BaseModel):
+    counts: dict[str, int]
+
+
 def _status_of(exc: SluicegateError) -> int:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
@@ -130,6 +134,11 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
              dependencies=[Depends(_api_auth)], summary="The runs an event started")
     async def event_runs(event_id: str) -> EventRuns:
         return EventRuns(data=state["runs"].store.runs_for_event(event_id))
+
+    @app.get("/v1/functions/{app_id}/{function_id}/skips", response_model=SkipCounts,
+             dependencies=[Depends(_api_auth)], summary="How many runs flow control skipped, by reason")
+    async def function_skips(app_id: str, function_id: str) -> SkipCounts:
+        return SkipCounts(counts=state["runs"].store.skip_counts(app_id, function_id))
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:

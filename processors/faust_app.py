@@ -40,11 +40,14 @@ from ..state.run_state import RunState
 from ..topics import MAX_MESSAGE_BYTES, ensure_core_topics, ensure_work_topic
 from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
 from .routing import TriggerIndex, triggers_for
-from .run_decisions import DeleteTimer, Dispatch, StartTimer, decide
+from ..events import RESERVED_PREFIX
+from .admission import admit
+from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide, skipped
 
 log = logging.getLogger("sluicegate.processor")
 
 MAX_RECORD_BYTES = int(MAX_MESSAGE_BYTES)
+SKIPPED_EVENT = "sluicegate/run.skipped"
 REGISTRY_WAIT_S = 2.0       # how long an unmatched live event waits for the registry to catch up
 LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the registry
 
@@ -85,6 +88,8 @@ class Processor:
         self.commands_topic = self.app.topic(s.commands_topic, key_serializer="raw", value_serializer="raw")
         self.runs = self.app.Table("runs", key_type=bytes, value_type=bytes, partitions=s.partitions)
         self.timers = self.app.Table("timers", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        # schedule-time flow-control state per (function, key): processors/flow key layouts
+        self.flow = self.app.Table("flow", key_type=bytes, value_type=bytes, partitions=s.partitions)
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
         self._out_topics: dict[str, faust.TopicT] = {}
@@ -160,7 +165,10 @@ class Processor:
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         now = now_ms()
-        decision = decide(run, cmd, now)
+        if isinstance(cmd, Trigger) and run is None:
+            decision = await self._admit(cmd, now)
+        else:
+            decision = decide(run, cmd, now)
         if decision.note:
             log.debug("run %s: %s", cmd.run_id, decision.note)
         if not decision.changed or decision.state is None:
@@ -185,6 +193,34 @@ class Processor:
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
         await self._send(self.settings.runs_topic, state.run_id, state.view().dumps(),
                          partition_for(state.run_id, self.settings.partitions))
+
+    async def _admit(self, cmd: Trigger, now: int) -> Decision:
+        """Schedule-time flow control for a new run; a run not admitted is recorded as skipped
+        and announced with a ``sluicegate/run.skipped`` event (never for system events, so a
+        function triggered by skip events cannot feed itself)."""
+        def state_of(key: str) -> str | None:
+            raw = self.flow.get(key.encode())
+            return raw.decode() if raw is not None else None
+
+        admission = admit(cmd, state_of, now)
+        for key, value in admission.puts.items():
+            if value is None:
+                self.flow.pop(key.encode(), None)
+            else:
+                self.flow[key.encode()] = value.encode()
+        if admission.admitted:
+            return decide(None, cmd, now)
+        reason = admission.reason or "skipped"
+        log.info("run %s of %s/%s skipped: %s", cmd.run_id, cmd.app_id, cmd.function_id, reason)
+        first = cmd.events[0]
+        if not first.name.startswith(RESERVED_PREFIX):
+            notice = EventRecord(
+                app_id=cmd.app_id, id=f"skip-{cmd.run_id}", name=SKIPPED_EVENT, ts=now, received_at=now,
+                data={"function_id": cmd.function_id, "run_id": cmd.run_id, "reason": reason,
+                      "detail": admission.detail, "event": first.as_payload()})
+            await self._send(self.settings.events_topic, cmd.app_id, notice.dumps(),
+                             partition_for(cmd.app_id, self.settings.partitions))
+        return skipped(cmd, reason, admission.detail, now)
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
         """Hand a record to faust's producer; its flush before each commit awaits the ack."""

@@ -97,6 +97,16 @@ def start(cmd: Trigger, now_ms: int) -> Decision:
     return Decision(run, [_next_job(run, now_ms)], changed=True)
 
 
+def skipped(cmd: Trigger, reason: str, detail: str, now_ms: int) -> Decision:
+    """Record a triggered run that flow control did not admit: visible, never executed."""
+    run = RunState(
+        run_id=cmd.run_id, app_id=cmd.app_id, function_id=cmd.function_id, function=cmd.function,
+        status="skipped", events=[e.as_payload() for e in cmd.events], event_ids=[e.id for e in cmd.events],
+        created_at=now_ms, ended_at=now_ms, skip_reason=reason, skip_detail=detail,
+    )
+    return Decision(run, changed=True)
+
+
 def _limit_error(message: str) -> ErrorInfo:
     return ErrorInfo(name="LimitExceeded", message=message)
 

@@ -177,13 +177,15 @@ class RunView(_Model):
     app_id: str
     function_id: str
     function_version: str = ""
-    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status: Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
     event_ids: list[str]
     created_at: int
     started_at: int | None = None
     ended_at: int | None = None
     output: Any = None
     error: ErrorInfo | None = None
+    skip_reason: str | None = Field(None, description="why no run was started (status 'skipped')")
+    skip_detail: str | None = None
     steps: list[StepView] = Field(default_factory=list)
 
 

@@ -13,8 +13,10 @@ Run-view keys (the API's read model, one RocksDB)::
     b"r/" ‖ run_id                          -> RunView JSON
     b"e/" ‖ event_id ‖ b"\\x00" ‖ run_id    -> b"" (index: runs started by an event)
     b"o/" ‖ partition (4 bytes big-endian)  -> next offset to read of sg.runs (8 bytes big-endian)
+    b"c/skip/" ‖ app ‖ b"/" ‖ fn ‖ b"/" ‖ reason  -> skipped runs so far (8 bytes big-endian)
 
-  ``event_id`` and ``run_id`` never contain NUL (ids are validated at ingestion).
+  ``event_id`` and ``run_id`` never contain NUL (ids are validated at ingestion); app and
+  function ids never contain ``/`` (:mod:`sluicegate.ids`).
 """
 
 from __future__ import annotations
@@ -49,6 +51,14 @@ def event_runs_prefix(event_id: str) -> bytes:
 
 def run_id_from_event_run_key(key: bytes) -> str:
     return key.split(b"\x00", 1)[1].decode()
+
+
+def skip_counter_prefix(app_id: str, function_id: str) -> bytes:
+    return f"c/skip/{app_id}/{function_id}/".encode()
+
+
+def skip_counter_key(app_id: str, function_id: str, reason: str) -> bytes:
+    return skip_counter_prefix(app_id, function_id) + reason.encode()
 
 
 def offset_key(partition: int) -> bytes:

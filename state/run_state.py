@@ -8,8 +8,8 @@ from pydantic import BaseModel, Field
 
 from ..wire import ErrorInfo, FunctionDefinition, RunView, StepAttemptView, StepView
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled", "skipped"]
+FINAL_STATUSES = ("completed", "failed", "cancelled", "skipped")
 
 
 class StepRecord(BaseModel):
@@ -47,6 +47,8 @@ class RunState(BaseModel):
     ended_at: int | None = None
     output: Any = None
     error: ErrorInfo | None = None
+    skip_reason: str | None = None
+    skip_detail: str | None = None
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     step_order: list[str] = Field(default_factory=list)
     job: CurrentJob | None = None
@@ -78,5 +80,6 @@ class RunState(BaseModel):
             run_id=self.run_id, app_id=self.app_id, function_id=self.function_id,
             function_version=self.function.version, status=self.status, event_ids=self.event_ids,
             created_at=self.created_at, started_at=self.started_at, ended_at=self.ended_at,
-            output=self.output, error=self.error, steps=steps,
+            output=self.output, error=self.error, skip_reason=self.skip_reason,
+            skip_detail=self.skip_detail, steps=steps,
         )

@@ -169,3 +169,20 @@ def test_next_offset_per_partition(store: KeyValueStore) -> None:
     rvs.apply([], {3: 2**40, 1: 0})  # offsets alone; partitions not named keep their offset
     assert [rvs.next_offset(p) for p in range(4)] == [10, 0, None, 2**40]
     assert store.get(codecs.offset_key(3)) == codecs.encode_offset(2**40)
+
+
+def test_skipped_runs_are_counted_once_per_function_and_reason() -> None:
+    from sluicegate.state.run_view_store import RunViewStore
+    from sluicegate.state.stores import MemoryStore
+    from sluicegate.wire import RunView
+
+    def view(run_id: str, reason: str, fn: str = "reset") -> RunView:
+        return RunView(run_id=run_id, app_id="shop", function_id=fn, status="skipped", event_ids=[f"e-{run_id}"],
+                       created_at=1, skip_reason=reason)
+
+    store = RunViewStore(MemoryStore())
+    store.apply([view("r1", "rate_limited"), view("r2", "rate_limited"), view("r3", "idempotent_duplicate")], {0: 3})
+    store.apply([view("r1", "rate_limited"), view("r4", "rate_limited", fn="other")], {0: 5})  # r1 re-read
+    assert store.skip_counts("shop", "reset") == {"idempotent_duplicate": 1, "rate_limited": 2}
+    assert store.skip_counts("shop", "other") == {"rate_limited": 1}
+    assert store.skip_counts("shop", "res") == {}

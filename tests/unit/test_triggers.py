@@ -149,28 +149,26 @@ def test_flow_control_limits(model: type, kwargs: dict, fragment: str) -> None:
 
 
 def test_definition_carries_triggers_and_flow_control_and_versions_change_with_config() -> None:
-    sg = Sluicegate(app_id="shop")
+    from sluicegate.sdk import Function, FunctionConfig
+    from sluicegate.flow_config import FlowControl
 
-    @sg.function(id="f", trigger=[TriggerEvent(event="shop/*", if_exp="event.data.ok"),
-                                  TriggerCron(cron="TZ=Europe/Paris 0 9 * * 1")],
-                 rate_limit=RateLimit(limit=5, period_ms=60_000, key="event.data.user"))
-    def f(ctx, step):
-        return None
-
+    triggers = [TriggerEvent(event="shop/*", if_exp="event.data.ok"), TriggerCron(cron="TZ=Europe/Paris 0 9 * * 1")]
+    limited = FlowControl(rate_limit=RateLimit(limit=5, period_ms=60_000, key="event.data.user"))
+    f = Function("shop", FunctionConfig(id="f", trigger=triggers, flow=limited), lambda ctx, step: None)
     d = f.definition()
     assert [t.event for t in d.triggers] == ["shop/*"] and [c.cron for c in d.crons] == ["TZ=Europe/Paris 0 9 * * 1"]
     assert d.flow is not None and d.flow.rate_limit == RateLimit(limit=5, period_ms=60_000, key="event.data.user")
-    round_trip = FunctionDefinition.model_validate_json(d.dumps())
-    assert round_trip == d
+    assert FunctionDefinition.model_validate_json(d.dumps()) == d
+
+    sg = Sluicegate(app_id="shop")
 
     @sg.function(id="g", trigger="shop/paid")
     def g(ctx, step):
         return None
 
     assert g.definition().flow is None
-    assert f.definition().version != Sluicegate(app_id="shop").function(
-        id="f", trigger=[TriggerEvent(event="shop/*", if_exp="event.data.ok"),
-                         TriggerCron(cron="TZ=Europe/Paris 0 9 * * 1")])(lambda c, s: None).definition().version
+    unlimited = Function("shop", FunctionConfig(id="f", trigger=triggers), lambda ctx, step: None)
+    assert unlimited.definition().version != d.version
 
 
 @pytest.mark.parametrize("app_id", ["", "a/b", "-lead", "sp ace", "x" * 129, "émoji"])
@@ -185,3 +183,19 @@ def test_app_ids_that_cannot_be_topic_names_or_state_keys_are_rejected(app_id: s
 def test_valid_app_ids() -> None:
     for app_id in ["shop", "shop-eu.1", "A_b", "x" * 128]:
         assert Sluicegate(app_id=app_id).app_id == app_id
+
+
+@pytest.mark.parametrize(("kwargs", "field"), [
+    ({"debounce": Debounce(period_ms=1000)}, "debounce"),
+    ({"batch": Batch(max_size=10, timeout_ms=1000)}, "batch"),
+    ({"singleton": Singleton()}, "singleton"),
+    ({"trigger": TriggerCron(cron="0 * * * *")}, "trigger"),
+])
+def test_controls_not_enforced_yet_are_refused_not_ignored(kwargs: dict, field: str) -> None:
+    from sluicegate.errors import InvalidInput
+
+    sg = Sluicegate(app_id="shop")
+    with pytest.raises(InvalidInput) as err:
+        sg.function(id="f", **{"trigger": "shop/paid", **kwargs})
+    assert err.value.field == field and "not" in err.value.message
+    assert sg.functions == {}
