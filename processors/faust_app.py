@@ -32,6 +32,7 @@ import time
 
 import faust
 
+from ..events import RESERVED_PREFIX
 from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
@@ -39,9 +40,9 @@ from ..state.codecs import parse_timer_key, timer_key
 from ..state.run_state import RunState
 from ..topics import MAX_MESSAGE_BYTES, ensure_core_topics, ensure_work_topic
 from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
-from .routing import TriggerIndex, triggers_for
-from ..events import RESERVED_PREFIX
 from .admission import admit
+from .grouping import Grouped, grouping_of, on_event, on_timer
+from .routing import TriggerIndex, run_id_for, triggers_for
 from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide, skipped
 
 log = logging.getLogger("sluicegate.processor")
@@ -162,18 +163,28 @@ class Processor:
             await self._handle(cmd, event.message.partition)
 
     async def _handle(self, cmd: Trigger | StepOutcome | TimerFired, partition: int) -> None:
+        now = now_ms()
+        if isinstance(cmd, TimerFired) and cmd.flow_key:
+            for decision in self._on_flow_timer(cmd, now):
+                await self._apply(decision, partition)
+            return
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
-        now = now_ms()
         if isinstance(cmd, Trigger) and run is None:
-            decision = await self._admit(cmd, now)
-        else:
-            decision = decide(run, cmd, now)
-        if decision.note:
-            log.debug("run %s: %s", cmd.run_id, decision.note)
+            for decision in self._schedule(cmd, now):
+                await self._apply(decision, partition)
+            return
+        await self._apply(decide(run, cmd, now), partition)
+
+    async def _apply(self, decision: Decision, partition: int) -> None:
+        """Persist one run's decision and forward its actions (the run's partition)."""
+        if decision.note and decision.state is not None:
+            log.debug("run %s: %s", decision.state.run_id, decision.note)
         if not decision.changed or decision.state is None:
             return
         state = decision.state
+        if state.status == "skipped" and not state.events[0]["name"].startswith(RESERVED_PREFIX):
+            await self._announce_skip(state)
         self.runs[state.run_id.encode()] = state.model_dump_json().encode()
         work = self.settings.work_topic(state.app_id)
         for action in decision.actions:
@@ -194,33 +205,76 @@ class Processor:
         await self._send(self.settings.runs_topic, state.run_id, state.view().dumps(),
                          partition_for(state.run_id, self.settings.partitions))
 
-    async def _admit(self, cmd: Trigger, now: int) -> Decision:
-        """Schedule-time flow control for a new run; a run not admitted is recorded as skipped
-        and announced with a ``sluicegate/run.skipped`` event (never for system events, so a
-        function triggered by skip events cannot feed itself)."""
-        def state_of(key: str) -> str | None:
-            raw = self.flow.get(key.encode())
-            return raw.decode() if raw is not None else None
+    def _flow_state(self, key: str) -> str | None:
+        raw = self.flow.get(key.encode())
+        return raw.decode() if raw is not None else None
 
-        admission = admit(cmd, state_of, now)
-        for key, value in admission.puts.items():
+    def _put_flow(self, puts: dict[str, str | None]) -> None:
+        for key, value in puts.items():
             if value is None:
                 self.flow.pop(key.encode(), None)
             else:
                 self.flow[key.encode()] = value.encode()
-        if admission.admitted:
-            return decide(None, cmd, now)
-        reason = admission.reason or "skipped"
-        log.info("run %s of %s/%s skipped: %s", cmd.run_id, cmd.app_id, cmd.function_id, reason)
-        first = cmd.events[0]
-        if not first.name.startswith(RESERVED_PREFIX):
-            notice = EventRecord(
-                app_id=cmd.app_id, id=f"skip-{cmd.run_id}", name=SKIPPED_EVENT, ts=now, received_at=now,
-                data={"function_id": cmd.function_id, "run_id": cmd.run_id, "reason": reason,
-                      "detail": admission.detail, "event": first.as_payload()})
-            await self._send(self.settings.events_topic, cmd.app_id, notice.dumps(),
-                             partition_for(cmd.app_id, self.settings.partitions))
-        return skipped(cmd, reason, admission.detail, now)
+
+    def _schedule(self, cmd: Trigger, now: int) -> list[Decision]:
+        """Schedule-time flow control for a new trigger: rate limit and idempotency, then
+        debounce or batching. A run not admitted is recorded as skipped (and announced)."""
+        admission = admit(cmd, self._flow_state, now)
+        self._put_flow(admission.puts)
+        if not admission.admitted:
+            return [skipped(cmd, admission.reason or "skipped", admission.detail, now)]
+        if grouping_of(cmd.function) is None:
+            return [decide(None, cmd, now)]
+        grouped = on_event(cmd.function, cmd.events[0], self._flow_state, now)
+        if grouped.skipped is not None:
+            return [skipped(cmd, grouped.skipped[0], grouped.skipped[1], now)]
+        return self._apply_grouped(cmd.function, grouped, now)
+
+    def _on_flow_timer(self, cmd: TimerFired, now: int) -> list[Decision]:
+        assert cmd.flow_key is not None and cmd.flow_timer is not None
+        if cmd.due_ms is not None:
+            self.timers.pop(timer_key(cmd.due_ms, cmd.timer_id), None)
+        assert self.registry is not None
+        fn = self.registry.items.get(function_key(cmd.app_id, cmd.function_id))
+        if not isinstance(fn, FunctionDefinition):
+            log.warning("timer %s: function %s/%s is not registered; dropped", cmd.timer_id, cmd.app_id,
+                        cmd.function_id)
+            return []
+        return self._apply_grouped(fn, on_timer(fn, cmd.flow_key, cmd.flow_timer, self._flow_state, now), now)
+
+    def _apply_grouped(self, fn: FunctionDefinition, grouped: Grouped, now: int) -> list[Decision]:
+        self._put_flow(grouped.puts)
+        for qualified, due in grouped.cancel_timers:
+            self.timers.pop(timer_key(due, qualified), None)
+        for t in grouped.set_timers:
+            value = json.dumps({"app_id": fn.app_id, "function_id": fn.function_id, "due_ms": t.due_ms,
+                                "flow_key": t.flow_key, "flow_timer": t.raw_id}).encode()
+            self.timers[timer_key(t.due_ms, t.timer_id)] = value
+            heapq.heappush(self._heap, (t.due_ms, t.timer_id, value))
+        decisions = []
+        for event in grouped.replaced:
+            replaced = Trigger(app_id=fn.app_id, function_id=fn.function_id,
+                               run_id=run_id_for(fn.app_id, fn.function_id, event.id), function=fn, events=[event])
+            decisions.append(skipped(replaced, "debounced_replaced", "a newer event of the debounce took its place",
+                                     now))
+        for seed, events in grouped.runs:
+            start = Trigger(app_id=fn.app_id, function_id=fn.function_id,
+                            run_id=run_id_for(fn.app_id, fn.function_id, seed), function=fn, events=events)
+            existing = self.runs.get(start.run_id.encode())
+            decisions.append(decide(RunState.model_validate_json(existing) if existing else None, start, now))
+        return decisions
+
+    async def _announce_skip(self, run: RunState) -> None:
+        """A ``sluicegate/run.skipped`` event (never for system events, so a function
+        triggered by skip notices cannot feed itself)."""
+        log.info("run %s of %s/%s skipped: %s", run.run_id, run.app_id, run.function_id, run.skip_reason)
+        notice = EventRecord(
+            app_id=run.app_id, id=f"skip-{run.run_id}", name=SKIPPED_EVENT, ts=run.created_at,
+            received_at=run.created_at,
+            data={"function_id": run.function_id, "run_id": run.run_id, "reason": run.skip_reason,
+                  "detail": run.skip_detail, "event": run.events[0] if run.events else None})
+        await self._send(self.settings.events_topic, run.app_id, notice.dumps(),
+                         partition_for(run.app_id, self.settings.partitions))
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
         """Hand a record to faust's producer; its flush before each commit awaits the ack."""

@@ -132,8 +132,11 @@ class TimerFired(_Model):
     kind: Literal["timer"] = "timer"
     app_id: str
     function_id: str
-    run_id: str
+    run_id: str = Field("", description="the run's timer; empty for a debounce/batch timer")
     timer_id: str
+    due_ms: int | None = None
+    flow_key: str | None = Field(None, description="debounce/batch timers: the group's state key")
+    flow_timer: str | None = Field(None, description="the decision's own timer id")
 
 
 Command = Annotated[Union[Trigger, StepOutcome, TimerFired], Field(discriminator="kind")]

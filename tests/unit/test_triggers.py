@@ -186,8 +186,6 @@ def test_valid_app_ids() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
-    ({"debounce": Debounce(period_ms=1000)}, "debounce"),
-    ({"batch": Batch(max_size=10, timeout_ms=1000)}, "batch"),
     ({"singleton": Singleton()}, "singleton"),
     ({"trigger": TriggerCron(cron="0 * * * *")}, "trigger"),
 ])
