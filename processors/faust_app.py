@@ -33,6 +33,7 @@ import time
 import faust
 
 from ..events import RESERVED_PREFIX
+from ..expressions import ExpressionError, key_value
 from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
@@ -43,7 +44,9 @@ from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Tri
 from .admission import admit
 from .grouping import Grouped, grouping_of, on_event, on_timer
 from .routing import TriggerIndex, run_id_for, triggers_for
-from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide, skipped
+from .flow import singleton
+from .run_decisions import (Decision, DeleteTimer, Dispatch, StartTimer, cancel, decide, queued, release, skip_queued,
+                            skipped, start)
 
 log = logging.getLogger("sluicegate.processor")
 
@@ -204,6 +207,9 @@ class Processor:
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
         await self._send(self.settings.runs_topic, state.run_id, state.view().dumps(),
                          partition_for(state.run_id, self.settings.partitions))
+        if state.finished and state.singleton_key is not None:
+            for follow_up in self._on_run_end(state, now_ms()):
+                await self._apply(follow_up, partition)
 
     def _flow_state(self, key: str) -> str | None:
         raw = self.flow.get(key.encode())
@@ -224,7 +230,7 @@ class Processor:
         if not admission.admitted:
             return [skipped(cmd, admission.reason or "skipped", admission.detail, now)]
         if grouping_of(cmd.function) is None:
-            return [decide(None, cmd, now)]
+            return self._start_run(cmd, now)
         grouped = on_event(cmd.function, cmd.events[0], self._flow_state, now)
         if grouped.skipped is not None:
             return [skipped(cmd, grouped.skipped[0], grouped.skipped[1], now)]
@@ -260,9 +266,67 @@ class Processor:
         for seed, events in grouped.runs:
             start = Trigger(app_id=fn.app_id, function_id=fn.function_id,
                             run_id=run_id_for(fn.app_id, fn.function_id, seed), function=fn, events=events)
-            existing = self.runs.get(start.run_id.encode())
-            decisions.append(decide(RunState.model_validate_json(existing) if existing else None, start, now))
+            if self.runs.get(start.run_id.encode()) is None:
+                decisions.extend(self._start_run(start, now))
         return decisions
+
+    def _run(self, run_id: str) -> RunState | None:
+        raw = self.runs.get(run_id.encode())
+        return RunState.model_validate_json(raw) if raw is not None else None
+
+    def _start_run(self, cmd: Trigger, now: int) -> list[Decision]:
+        """Create an admitted run: at once, or through its singleton lock."""
+        config = cmd.function.flow.singleton if cmd.function.flow is not None else None
+        if config is None:
+            return [start(cmd, now)]
+        try:
+            value = key_value(config.key, cmd.events[0].as_payload())
+        except ExpressionError:
+            return [start(cmd, now)]  # reference §7: a key error ignores the singleton setting
+        lock = singleton.singleton_key(function_key(cmd.app_id, cmd.function_id), value)
+        if lock is None:
+            return [start(cmd, now)]
+        raw = self._flow_state(lock)
+        sd = singleton.decide(singleton.SingletonState.model_validate_json(raw) if raw else None,
+                              singleton.RunArrives(cmd.run_id), config=config)
+        return self._apply_singleton(lock, sd, cmd, now)
+
+    def _apply_singleton(self, lock: str, sd: singleton.SingletonDecision, cmd: Trigger | None,
+                         now: int) -> list[Decision]:
+        if sd.changed:
+            self._put_flow({lock: None if sd.state is None else sd.state.model_dump_json()})
+        out: list[Decision] = []
+        for action in sd.actions:
+            new = cmd is not None and action.run_id == cmd.run_id
+            other = None if new else self._run(action.run_id)
+            if isinstance(action, singleton.Start):
+                if new:
+                    assert cmd is not None
+                    out.append(start(cmd, now, singleton_key=lock))
+                elif other is not None:
+                    out.append(release(other, now))
+            elif isinstance(action, singleton.Wait) and cmd is not None:
+                out.append(queued(cmd, now, singleton_key=lock))
+            elif isinstance(action, singleton.Skip):
+                detail = f"run {action.existing_run_id} holds the singleton lock" \
+                    if action.reason == "singleton_skipped" else f"replaced by run {action.existing_run_id}"
+                if new:
+                    assert cmd is not None
+                    out.append(skipped(cmd, action.reason, detail, now))
+                elif other is not None:
+                    out.append(skip_queued(other, action.reason, detail, now))
+            elif isinstance(action, singleton.CancelRun) and other is not None:
+                out.append(cancel(other, f"singleton: replaced by run {action.replaced_by_run_id}", now))
+        return out
+
+    def _on_run_end(self, run: RunState, now: int) -> list[Decision]:
+        """A run with a singleton lock finished: release the lock (maybe to the waiting run)."""
+        if run.singleton_key is None or run.function.flow is None or run.function.flow.singleton is None:
+            return []
+        raw = self._flow_state(run.singleton_key)
+        sd = singleton.decide(singleton.SingletonState.model_validate_json(raw) if raw else None,
+                              singleton.RunEnds(run.run_id), config=run.function.flow.singleton)
+        return self._apply_singleton(run.singleton_key, sd, None, now)
 
     async def _announce_skip(self, run: RunState) -> None:
         """A ``sluicegate/run.skipped`` event (never for system events, so a function

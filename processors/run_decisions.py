@@ -88,13 +88,55 @@ def _finish(run: RunState, status: Literal["completed", "failed"], now_ms: int,
     run.job = None
 
 
-def start(cmd: Trigger, now_ms: int) -> Decision:
-    run = RunState(
+def _new_run(cmd: Trigger, status: Literal["running", "queued"], now_ms: int, singleton_key: str | None) -> RunState:
+    return RunState(
         run_id=cmd.run_id, app_id=cmd.app_id, function_id=cmd.function_id, function=cmd.function,
-        status="running", events=[e.as_payload() for e in cmd.events],
-        event_ids=[e.id for e in cmd.events], created_at=now_ms, started_at=now_ms,
+        status=status, events=[e.as_payload() for e in cmd.events], event_ids=[e.id for e in cmd.events],
+        created_at=now_ms, started_at=now_ms if status == "running" else None, singleton_key=singleton_key,
     )
+
+
+def start(cmd: Trigger, now_ms: int, singleton_key: str | None = None) -> Decision:
+    run = _new_run(cmd, "running", now_ms, singleton_key)
     return Decision(run, [_next_job(run, now_ms)], changed=True)
+
+
+def queued(cmd: Trigger, now_ms: int, singleton_key: str | None) -> Decision:
+    """A run that waits (singleton ``queue`` mode) until :func:`release` starts it."""
+    return Decision(_new_run(cmd, "queued", now_ms, singleton_key), changed=True)
+
+
+def release(run: RunState, now_ms: int) -> Decision:
+    """Start a queued run."""
+    if run.status != "queued":
+        return Decision(run, note="not queued")
+    run = _copy_for_update(run)
+    run.status = "running"
+    run.started_at = now_ms
+    return Decision(run, [_next_job(run, now_ms)], changed=True)
+
+
+def skip_queued(run: RunState, reason: str, detail: str, now_ms: int) -> Decision:
+    """A queued run that will never start (replaced by a newer one)."""
+    if run.status != "queued":
+        return Decision(run, note="not queued")
+    run = _copy_for_update(run)
+    run.status, run.ended_at, run.skip_reason, run.skip_detail = "skipped", now_ms, reason, detail
+    return Decision(run, changed=True)
+
+
+def cancel(run: RunState, reason: str, now_ms: int) -> Decision:
+    """Cancel a run that has not finished: its queued work and retry timer are dropped; a
+    step executing now finishes, but its outcome finds no job and is discarded."""
+    if run.finished:
+        return Decision(run, note="already finished")
+    run = _copy_for_update(run)
+    actions: list[Action] = []
+    if run.job is not None and run.job.retry_timer is not None and run.job.retry_due is not None:
+        actions.append(DeleteTimer("delete_timer", run.job.retry_timer, run.job.retry_due))
+    run.status, run.ended_at, run.job = "cancelled", now_ms, None
+    run.error = ErrorInfo(name="Cancelled", message=reason)
+    return Decision(run, actions, changed=True)
 
 
 def skipped(cmd: Trigger, reason: str, detail: str, now_ms: int) -> Decision:

@@ -16,7 +16,7 @@ from .function import Function, FunctionConfig, Retries
 
 # Flow controls whose decisions exist (processors/flow) but that the processor does not apply
 # yet. Defining a function with one fails loudly instead of running it unthrottled.
-NOT_ENFORCED_YET = ("singleton",)
+NOT_ENFORCED_YET: tuple[str, ...] = ()
 
 
 class Sluicegate:

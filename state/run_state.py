@@ -49,6 +49,7 @@ class RunState(BaseModel):
     error: ErrorInfo | None = None
     skip_reason: str | None = None
     skip_detail: str | None = None
+    singleton_key: str | None = Field(None, description="the lock this run holds or waits for")
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     step_order: list[str] = Field(default_factory=list)
     job: CurrentJob | None = None

@@ -19,7 +19,7 @@ from sluicegate.sdk import Sluicegate
 from sluicegate.settings import Settings
 from sluicegate.topics import ensure_core_topics
 
-FINAL = ("completed", "failed", "cancelled")
+FINAL = ("completed", "failed", "cancelled", "skipped")
 
 
 @dataclass

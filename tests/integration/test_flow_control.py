@@ -150,3 +150,78 @@ def test_pending_debounce_and_batch_fire_exactly_once_after_a_processor_crash(en
     assert (batch_run["status"], batch_run["event_ids"]) == ("completed", batched)
     time.sleep(2.5)  # a duplicate would have fired by now
     assert seen["debounced"] == [[2]] and seen["batches"] == [7]
+
+
+def _singleton_app(engine: "Engine", mode: str):
+    import threading
+
+    from sluicegate.sdk import Singleton
+
+    sg = engine.app(f"single-{mode}")
+    started: list[int] = []
+    gate = threading.Event()
+
+    @sg.function(id="import", trigger="shop/import.requested", singleton=Singleton(key="event.data.shop", mode=mode))
+    def do_import(ctx, step):
+        n = ctx.event["data"]["n"]
+
+        def work():
+            started.append(n)
+            if n == 1:
+                gate.wait(30)
+            return n
+
+        return step.run("import", work)
+
+    return sg, started, gate
+
+
+def _send(sg, n: int) -> str:
+    return sg.send({"name": "shop/import.requested", "data": {"shop": "s1", "n": n}})[0]
+
+
+def test_singleton_skip_skips_while_one_runs_and_frees_the_lock_after(engine_cleanup: "Engine") -> None:
+    sg, started, gate = _singleton_app(engine_cleanup, "skip")
+    engine_cleanup.start_worker(sg)
+    first = _send(sg, 1)
+    _wait(lambda: started == [1], what="the first run to start")
+    second = _send(sg, 2)
+    skipped = engine_cleanup.wait_run(second)
+    assert (skipped["status"], skipped["skip_reason"]) == ("skipped", "singleton_skipped")
+    gate.set()
+    assert engine_cleanup.wait_run(first)["status"] == "completed"
+    third = _send(sg, 3)
+    assert engine_cleanup.wait_run(third)["status"] == "completed"
+    assert started == [1, 3]
+
+
+def test_singleton_cancel_cancels_the_running_one_and_discards_its_step(engine_cleanup: "Engine") -> None:
+    sg, started, gate = _singleton_app(engine_cleanup, "cancel")
+    engine_cleanup.start_worker(sg)
+    first = _send(sg, 1)
+    _wait(lambda: started == [1], what="the first run to start")
+    second = _send(sg, 2)
+    cancelled = engine_cleanup.wait_run(first)
+    assert (cancelled["status"], cancelled["error"]["name"]) == ("cancelled", "Cancelled")
+    gate.set()  # the executing step finishes; its result must be discarded
+    assert engine_cleanup.wait_run(second)["status"] == "completed"
+    time.sleep(0.5)
+    run = engine_cleanup.http.get(f"/v1/runs/{cancelled['run_id']}").json()
+    assert run["status"] == "cancelled" and run["steps"] == []
+    assert started == [1, 2]
+
+
+def test_singleton_queue_keeps_one_waiting_run_and_the_newest_replaces_it(engine_cleanup: "Engine") -> None:
+    sg, started, gate = _singleton_app(engine_cleanup, "queue")
+    engine_cleanup.start_worker(sg)
+    first = _send(sg, 1)
+    _wait(lambda: started == [1], what="the first run to start")
+    second, third = _send(sg, 2), _send(sg, 3)
+    replaced = engine_cleanup.wait_run(second)
+    assert (replaced["status"], replaced["skip_reason"]) == ("skipped", "singleton_replaced")
+    waiting = engine_cleanup.wait_run(third, until=lambda r: r["status"] == "queued")
+    assert waiting.get("started_at") is None and waiting["steps"] == []
+    gate.set()
+    assert engine_cleanup.wait_run(first)["status"] == "completed"
+    assert engine_cleanup.wait_run(third)["status"] == "completed"
+    assert started == [1, 3]

@@ -186,7 +186,6 @@ def test_valid_app_ids() -> None:
 
 
 @pytest.mark.parametrize(("kwargs", "field"), [
-    ({"singleton": Singleton()}, "singleton"),
     ({"trigger": TriggerCron(cron="0 * * * *")}, "trigger"),
 ])
 def test_controls_not_enforced_yet_are_refused_not_ignored(kwargs: dict, field: str) -> None:
