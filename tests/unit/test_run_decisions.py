@@ -436,3 +436,45 @@ def test_step_ok_with_run_done_memoizes_the_step_and_completes_without_another_j
     assert d.state is not None
     assert (d.state.status, d.state.output, d.state.ended_at, d.state.job) == ("completed", {"answer": 42}, NOW, None)
     assert d.state.steps["h-only"].output == 41 and d.state.step_order == ["h-only"]
+
+
+# -- singleton helpers: queued runs, release, cancellation --------------------------------------
+
+from sluicegate.processors.run_decisions import cancel, queued, release, skip_queued  # noqa: E402
+
+
+def test_a_queued_run_has_no_job_until_released() -> None:
+    d = queued(trigger(), NOW, singleton_key="singleton/shop/welcome/")
+    assert d.state is not None and d.changed and d.actions == []
+    assert (d.state.status, d.state.job, d.state.started_at, d.state.singleton_key) == (
+        "queued", None, None, "singleton/shop/welcome/")
+    r = release(d.state, NOW + 50)
+    assert r.state is not None and r.state.status == "running" and r.state.started_at == NOW + 50
+    [dispatch] = r.actions
+    assert isinstance(dispatch, Dispatch) and dispatch.job.attempt == 0 and dispatch.job.memos == {}
+    assert release(r.state, NOW + 60).changed is False  # only a queued run is released
+
+
+@pytest.mark.parametrize(("make", "changed"), [
+    (lambda: queued(trigger(), NOW, None).state, True),
+    (lambda: started(), False),
+])
+def test_skip_queued_only_skips_queued_runs(make: Callable[[], RunState], changed: bool) -> None:
+    d = skip_queued(make(), "singleton_replaced", "replaced by run r2", NOW + 5)
+    assert d.changed is changed
+    if changed:
+        assert d.state is not None and (d.state.status, d.state.skip_reason, d.state.ended_at) == (
+            "skipped", "singleton_replaced", NOW + 5)
+
+
+def test_cancel_drops_the_retry_timer_and_discards_the_step_in_flight() -> None:
+    run = started(retries=2)
+    waiting = apply(run, step_error(run, "a")).state  # now waiting on a retry timer
+    assert waiting is not None and waiting.job is not None and waiting.job.retry_timer is not None
+    d = cancel(waiting, "singleton: replaced by run r2", NOW + 10)
+    assert d.state is not None and (d.state.status, d.state.ended_at, d.state.job) == ("cancelled", NOW + 10, None)
+    assert d.state.error is not None and d.state.error.name == "Cancelled"
+    assert d.actions == [DeleteTimer("delete_timer", waiting.job.retry_timer, waiting.job.retry_due)]
+    late = apply(d.state, step_ok(run, "a", 1))  # the executing step finishes after the cancel
+    assert late.changed is False and d.state.steps == {}
+    assert cancel(d.state, "again", NOW + 20).changed is False
