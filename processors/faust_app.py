@@ -40,11 +40,11 @@ from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
 from ..state.run_state import RunState
 from ..topics import MAX_MESSAGE_BYTES, ensure_core_topics, ensure_work_topic
-from ..wire import EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
+from ..wire import CronSync, EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
 from .admission import admit
 from .grouping import Grouped, grouping_of, on_event, on_timer
 from .routing import TriggerIndex, run_id_for, triggers_for
-from .flow import singleton
+from .flow import cron, singleton
 from .run_decisions import (Decision, DeleteTimer, Dispatch, StartTimer, cancel, decide, queued, release, skip_queued,
                             skipped, start)
 
@@ -52,6 +52,7 @@ log = logging.getLogger("sluicegate.processor")
 
 MAX_RECORD_BYTES = int(MAX_MESSAGE_BYTES)
 SKIPPED_EVENT = "sluicegate/run.skipped"
+SCHEDULED_EVENT = "sluicegate/scheduled.timer"
 REGISTRY_WAIT_S = 2.0       # how long an unmatched live event waits for the registry to catch up
 LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the registry
 
@@ -99,6 +100,7 @@ class Processor:
         self._out_topics: dict[str, faust.TopicT] = {}
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
+        self._cron_synced: set[tuple[str, str]] = set()
         self._work_topics: set[str] = set()
         self._wire()
 
@@ -114,11 +116,13 @@ class Processor:
         @app.on_rebalance_complete.connect
         async def _rebalanced(sender: object = None, **kw: object) -> None:
             self._heap_dirty = True
+            self._cron_synced.clear()  # the new owner of each cron function syncs it
             log.info("processor: rebalance complete, active partitions recovered")
 
         app.agent(self.events_topic, name="sluicegate.router")(self._route)
         app.agent(self.commands_topic, name="sluicegate.functions")(self._functions)
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
+        app.timer(1.0, name="sluicegate.cron_sync")(self._cron_sync)
 
     def start_registry(self) -> None:
         """Read the registry to its end (blocking; before the event loop starts), then follow it."""
@@ -165,12 +169,19 @@ class Processor:
                 continue
             await self._handle(cmd, event.message.partition)
 
-    async def _handle(self, cmd: Trigger | StepOutcome | TimerFired, partition: int) -> None:
+    async def _handle(self, cmd: Trigger | StepOutcome | TimerFired | CronSync, partition: int) -> None:
         now = now_ms()
-        if isinstance(cmd, TimerFired) and cmd.flow_key:
-            for decision in self._on_flow_timer(cmd, now):
+        if isinstance(cmd, CronSync) or (isinstance(cmd, TimerFired) and (cmd.flow_key or "").startswith("cron/")):
+            decisions = self._on_cron(cmd, now)
+        elif isinstance(cmd, TimerFired) and cmd.flow_key:
+            decisions = self._on_flow_timer(cmd, now)
+        else:
+            decisions = None
+        if decisions is not None:
+            for decision in decisions:
                 await self._apply(decision, partition)
             return
+        assert not isinstance(cmd, CronSync)
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         if isinstance(cmd, Trigger) and run is None:
@@ -269,6 +280,68 @@ class Processor:
             if self.runs.get(start.run_id.encode()) is None:
                 decisions.extend(self._start_run(start, now))
         return decisions
+
+    def _on_cron(self, cmd: CronSync | TimerFired, now: int) -> list[Decision]:
+        """Cron triggers: make sure a timer is pending (``CronSync``) or fire a due tick."""
+        if isinstance(cmd, CronSync):
+            cron_expr, inp = cmd.cron, cron.Sync()
+        else:
+            if cmd.due_ms is not None:
+                self.timers.pop(timer_key(cmd.due_ms, cmd.timer_id), None)
+            tick, _, cron_expr = (cmd.flow_timer or "").partition(" ")
+            inp = cron.TickDue(int(tick))
+        fkey = function_key(cmd.app_id, cmd.function_id)
+        state_key = cron.cron_state_key(fkey, cron_expr)
+        assert self.registry is not None
+        fn = self.registry.items.get(fkey)
+        trigger = next((c for c in fn.crons if c.cron == cron_expr), None) if isinstance(fn, FunctionDefinition) else None
+        if not isinstance(fn, FunctionDefinition) or trigger is None:
+            self._put_flow({state_key: None})  # the function or this schedule is gone
+            return []
+        raw = self._flow_state(state_key)
+        d = cron.decide(cron.CronState.model_validate_json(raw) if raw else None, inp, now, trigger=trigger, seed=fkey)
+        if d.changed:
+            self._put_flow({state_key: d.state.model_dump_json()})
+        if d.missed:
+            log.warning("cron %r of %s: %d tick(s) missed while the engine was down; running only the latest",
+                        cron_expr, fkey, len(d.missed))
+        if d.set_timer is not None:
+            tick_ms, due = d.set_timer
+            timer_id = f"{state_key}|{tick_ms}"
+            value = json.dumps({"app_id": fn.app_id, "function_id": fn.function_id, "due_ms": due,
+                                "flow_key": state_key, "flow_timer": f"{tick_ms} {cron_expr}"}).encode()
+            self.timers[timer_key(due, timer_id)] = value
+            heapq.heappush(self._heap, (due, timer_id, value))
+        if d.fire_tick_ms is None:
+            return []
+        tick_ms = d.fire_tick_ms
+        event = EventRecord(
+            app_id=fn.app_id, id=f"cron-{fn.function_id}-{tick_ms}", name=SCHEDULED_EVENT, ts=tick_ms,
+            received_at=now, data={"cron": cron_expr, "tick_ms": tick_ms, "missed_ticks": len(d.missed)})
+        run = Trigger(app_id=fn.app_id, function_id=fn.function_id, function=fn, events=[event],
+                      run_id=run_id_for(fn.app_id, fn.function_id, cron.cron_run_seed(cron_expr, tick_ms)))
+        if self.runs.get(run.run_id.encode()) is not None:
+            return []
+        return self._start_run(run, now)
+
+    async def _cron_sync(self) -> None:
+        """Ask the owner partition of every cron function to make sure its next tick is set."""
+        if self.app.rebalancing or self.registry is None:
+            return
+        owned = {tp.partition for tp in self.app.assignor.assigned_actives()
+                 if tp.topic == self.settings.commands_topic}
+        for fn in list(self.registry.items.values()):
+            if not isinstance(fn, FunctionDefinition) or not fn.crons:
+                continue
+            key = function_key(fn.app_id, fn.function_id)
+            partition = partition_for(key, self.settings.partitions)
+            if partition not in owned:
+                continue
+            for trig in fn.crons:
+                if (key, trig.cron) not in self._cron_synced:
+                    self._cron_synced.add((key, trig.cron))
+                    sync = CronSync(app_id=fn.app_id, function_id=fn.function_id, cron=trig.cron)
+                    await self._send(self.settings.commands_topic, key, sync.dumps(), partition)
 
     def _run(self, run_id: str) -> RunState | None:
         raw = self.runs.get(run_id.encode())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..errors import InvalidInput
 from ..events import validate_events
 from ..ids import check_id
 from ..kafka_clients import SyncProducer
@@ -12,11 +11,6 @@ from ..settings import Settings
 from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
 from ..triggers import TriggerCron, TriggerEvent
 from .function import Function, FunctionConfig, Retries
-
-
-# Flow controls whose decisions exist (processors/flow) but that the processor does not apply
-# yet. Defining a function with one fails loudly instead of running it unthrottled.
-NOT_ENFORCED_YET: tuple[str, ...] = ()
 
 
 class Sluicegate:
@@ -66,14 +60,6 @@ class Sluicegate:
         flow = FlowControl(rate_limit=rate_limit, debounce=debounce, batch=batch,
                            idempotency=idempotency, singleton=singleton)
         config = FunctionConfig(id=id, name=name, trigger=trigger, retries=retries, flow=flow)
-        for field in NOT_ENFORCED_YET:
-            if getattr(flow, field) is not None:
-                raise InvalidInput(
-                    f"{field}: validated, but not enforced by this version of the engine yet; "
-                    "refusing it rather than ignoring it silently (README, Limits)", field=field)
-        if config.trigger.crons:
-            raise InvalidInput("trigger: cron triggers are validated but not scheduled by this version yet "
-                               "(README, Limits)", field="trigger")
 
         def decorate(handler: Callable[..., Any]) -> Function:
             if config.id in self.functions:

@@ -5,7 +5,8 @@
   ``if_exp`` is a CEL boolean over ``event``, checked before a run is created; an error
   while evaluating it counts as false.
 * ``TriggerCron(cron, jitter_ms=0)`` — 5-field cron, UTC unless prefixed ``TZ=Area/City ``
-  (or ``CRON_TZ=``); ``jitter_ms`` is 0 or 1 s–5 min.
+  (or ``CRON_TZ=``); ``jitter_ms`` is 0 or 1 s–5 min. A 6th field (seconds, last) is
+  accepted for fine-grained schedules.
 * At most 10 triggers per function; duplicates (and the same cron with another jitter) are
   rejected.
 """
@@ -92,8 +93,9 @@ class TriggerCron(BaseModel):
                 ZoneInfo(tz)
             except (ZoneInfoNotFoundError, ValueError):
                 raise ValueError(f"unknown time zone {tz!r} (use an IANA name such as Europe/Paris)") from None
-        if len(expr.split()) != 5:
-            raise ValueError("use the 5-field syntax: minute hour day-of-month month day-of-week")
+        if len(expr.split()) not in (5, 6):
+            raise ValueError("use the 5-field syntax: minute hour day-of-month month day-of-week "
+                             "(a 6th field, seconds, is accepted for fine-grained schedules)")
         if not croniter.is_valid(expr):
             raise ValueError(f"{expr!r} is not a valid cron expression")
         return v

@@ -6,7 +6,7 @@ Every record is JSON. Topic, key and partition of each:
 topic              key                         value
 =================  ==========================  =====================================
 sg.events          ``app_id``                  :class:`EventRecord`
-sg.commands        ``app_id/function_id``      :class:`Trigger` | :class:`StepOutcome` | :class:`TimerFired`
+sg.commands        ``app_id/function_id``      :class:`Trigger` | :class:`StepOutcome` | :class:`TimerFired` | :class:`CronSync`
 sg.work.<app>      ``run_id``                  :class:`Job` (partition = the command's partition)
 sg.runs            ``run_id``                  :class:`RunView` (compacted; the API's read model)
 sg.registry        ``app_id/function_id``      :class:`FunctionDefinition` (compacted)
@@ -139,8 +139,17 @@ class TimerFired(_Model):
     flow_timer: str | None = Field(None, description="the decision's own timer id")
 
 
-Command = Annotated[Union[Trigger, StepOutcome, TimerFired], Field(discriminator="kind")]
-command_adapter: TypeAdapter[Trigger | StepOutcome | TimerFired] = TypeAdapter(Command)
+class CronSync(_Model):
+    """Self-addressed: make sure the next tick of a cron trigger has a timer (idempotent)."""
+
+    kind: Literal["cron_sync"] = "cron_sync"
+    app_id: str
+    function_id: str
+    cron: str
+
+
+Command = Annotated[Union[Trigger, StepOutcome, TimerFired, CronSync], Field(discriminator="kind")]
+command_adapter: TypeAdapter[Trigger | StepOutcome | TimerFired | CronSync] = TypeAdapter(Command)
 
 
 class Job(_Model):

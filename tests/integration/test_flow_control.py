@@ -225,3 +225,29 @@ def test_singleton_queue_keeps_one_waiting_run_and_the_newest_replaces_it(engine
     assert engine_cleanup.wait_run(first)["status"] == "completed"
     assert engine_cleanup.wait_run(third)["status"] == "completed"
     assert started == [1, 3]
+
+
+def test_a_cron_function_fires_once_per_tick_across_a_processor_restart(engine_cleanup: "Engine") -> None:
+    from sluicegate.sdk import TriggerCron
+
+    sg = engine_cleanup.app("cron")
+    ticks: list[int] = []
+
+    @sg.function(id="heartbeat", trigger=TriggerCron(cron="* * * * * *"))  # every second (6th field)
+    def heartbeat(ctx, step):
+        assert ctx.event["name"] == "sluicegate/scheduled.timer"
+        tick = ctx.event["data"]["tick_ms"]
+        return step.run("beat", lambda: ticks.append(tick) or tick)
+
+    engine_cleanup.start_worker(sg)
+    _wait(lambda: len(ticks) >= 3, timeout=20, what="three ticks")
+    processor = engine_cleanup.processor
+    processor.kill()
+    before_restart = len(ticks)
+    processor.start()
+    _wait(lambda: len(ticks) >= before_restart + 3, timeout=30, what="three ticks after the restart")
+    assert len(ticks) == len(set(ticks)), f"a tick fired twice: {ticks}"
+    assert all(t % 1000 == 0 for t in ticks)
+    assert ticks == sorted(ticks)
+    gaps = [b - a for a, b in zip(ticks, ticks[1:])]
+    assert gaps.count(1000) >= len(gaps) - 1  # consecutive, except at most one gap over the restart
