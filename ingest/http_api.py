@@ -19,9 +19,11 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
-from fastapi import Depends, FastAPI, Header, Request
+from typing import Literal
+
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import limits
 from ..errors import BrokerUnavailable, InvalidInput, LimitExceeded, NotFound, SluicegateError, Unauthorized
@@ -32,6 +34,7 @@ from ..topics import ensure_core_topics
 from ..wire import RunView
 from .event_keys import EventKeys, mask
 from .run_views import RunViewFollower
+from .schedule_wait import EventSchedule, ScheduleWaiter
 
 log = logging.getLogger("sluicegate.ingest")
 
@@ -41,6 +44,8 @@ _STATUS = {InvalidInput: 400, LimitExceeded: 413, Unauthorized: 401, NotFound: 4
 class Accepted(BaseModel):
     ids: list[str]
     status: int = 200
+    schedule: dict[str, EventSchedule] | None = Field(
+        None, description="with ?wait=schedule: per event id, the functions started, skipped or pending")
 
 
 class EventRuns(BaseModel):
@@ -72,9 +77,11 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         state["producer"] = AsyncProducer(settings.bootstrap_servers)
         state["keys"] = (keys or EventKeys(settings)).start()
         state["runs"] = (run_views or RunViewFollower(settings)).start()
+        state["schedule"] = ScheduleWaiter(settings).start()
         try:
             yield
         finally:
+            state["schedule"].stop()
             state["runs"].stop()
             state["keys"].stop()
             state["producer"].close()
@@ -102,8 +109,12 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         if token and authorization != f"Bearer {token}":
             raise Unauthorized("the runs API needs 'Authorization: Bearer <SLUICEGATE_API_TOKEN>'")
 
-    @app.post("/e/{event_key}", response_model=Accepted, summary="Send one event or a list of events")
-    async def send_events(event_key: str, request: Request) -> Accepted:
+    @app.post("/e/{event_key}", response_model=Accepted, response_model_exclude_none=True,
+              summary="Send one event or a list of events")
+    async def send_events(event_key: str, request: Request,
+                          wait: Literal["schedule"] | None = Query(
+                              None, description="'schedule': answer once the functions each event "
+                                                "triggers were started or skipped (at most 5 s)")) -> Accepted:
         body = await request.body()
         if len(body) > limits.MAX_REQUEST_BYTES:
             raise LimitExceeded(f"body: request is {len(body)} bytes; the limit is {limits.MAX_REQUEST_BYTES} bytes",
@@ -120,7 +131,10 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         records = validate_events(raw, app_id, max_event_bytes=settings.max_event_bytes)
         await state["producer"].send_many(settings.events_topic, [(r.app_id, r.dumps()) for r in records],
                                           settings.partitions)
-        return Accepted(ids=[r.id for r in records])
+        schedule = None
+        if wait == "schedule":
+            schedule = await state["schedule"].wait(records, state["runs"].store)
+        return Accepted(ids=[r.id for r in records], schedule=schedule)
 
     @app.get("/v1/runs/{run_id}", response_model=RunView, response_model_exclude_none=True,
              dependencies=[Depends(_api_auth)], summary="One run: status, output or error, steps")

@@ -6,7 +6,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from sluicegate.sdk import RateLimit
+from sluicegate.sdk import RateLimit, TriggerEvent
 
 if TYPE_CHECKING:
     from conftest import Engine
@@ -251,3 +251,41 @@ def test_a_cron_function_fires_once_per_tick_across_a_processor_restart(engine_c
     assert ticks == sorted(ticks)
     gaps = [b - a for a, b in zip(ticks, ticks[1:])]
     assert gaps.count(1000) >= len(gaps) - 1  # consecutive, except at most one gap over the restart
+
+
+def test_http_wait_schedule_says_which_functions_started_and_which_were_skipped(engine_cleanup: "Engine") -> None:
+    from sluicegate.ingest.event_keys import create_key
+    from sluicegate.sdk import Debounce
+
+    sg = engine_cleanup.app("wait")
+
+    @sg.function(id="notify", trigger="user/signed-up")
+    def notify(ctx, step):
+        return step.run("n", lambda: 1)
+
+    @sg.function(id="welcome-once", trigger="user/signed-up", rate_limit=RateLimit(limit=1, period_ms=3_600_000))
+    def welcome_once(ctx, step):
+        return step.run("w", lambda: 1)
+
+    @sg.function(id="digest", trigger="user/*", debounce=Debounce(period_ms=1000))
+    def digest(ctx, step):
+        return step.run("d", lambda: 1)
+
+    @sg.function(id="admins-only", trigger=TriggerEvent(event="user/signed-up", if_exp="event.data.admin == true"))
+    def admins_only(ctx, step):
+        return step.run("a", lambda: 1)
+
+    engine_cleanup.start_worker(sg)
+    key = create_key(engine_cleanup.settings, sg.app_id)
+    first = engine_cleanup.http.post(f"/e/{key}?wait=schedule", json={"name": "user/signed-up", "data": {}})
+    assert first.status_code == 200, first.text
+    [event_id] = first.json()["ids"]
+    schedule = first.json()["schedule"][event_id]
+    assert sorted(schedule["started"]) == ["notify", "welcome-once"]
+    assert schedule["skipped"] == {} and schedule["pending"] == ["digest"]
+    second = engine_cleanup.http.post(f"/e/{key}?wait=schedule", json={"name": "user/signed-up", "data": {}}).json()
+    assert second["schedule"][second["ids"][0]] == {
+        "started": {"notify": second["schedule"][second["ids"][0]]["started"]["notify"]},
+        "skipped": {"welcome-once": "rate_limited"}, "pending": ["digest"]}
+    plain = engine_cleanup.http.post(f"/e/{key}", json={"name": "user/signed-up"}).json()
+    assert set(plain) == {"ids", "status"}  # no waiting unless asked
