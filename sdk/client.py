@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..events import validate_events
 from ..ids import check_id
@@ -11,6 +11,10 @@ from ..settings import Settings
 from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
 from ..triggers import TriggerCron, TriggerEvent
 from .function import Function, FunctionConfig, Retries
+
+
+if TYPE_CHECKING:
+    from .worker import Worker
 
 
 class Sluicegate:

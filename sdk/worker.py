@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 import socket
 import threading
 import time
@@ -22,13 +23,16 @@ from ..wire import ErrorInfo, Job, StepOutcome
 from .execution import call_once
 from .step import Context
 
+if TYPE_CHECKING:
+    from .client import Sluicegate
+
 log = logging.getLogger("sluicegate.worker")
 
 FETCH_WAIT_MAX_MS = 10  # how long the broker may hold a fetch when the work queue is empty
 
 
 class Worker:
-    def __init__(self, client: "Sluicegate", *, group_id: str | None = None,  # noqa: F821
+    def __init__(self, client: "Sluicegate", *, group_id: str | None = None,
                  session_timeout_ms: int = 10_000) -> None:
         self.client = client
         self.settings = client.settings

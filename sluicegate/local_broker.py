@@ -208,7 +208,7 @@ class LocalBroker:
             raise BrokerError(f"formatting KRaft storage failed:\n{fmt.stdout}{fmt.stderr}")
         self._log = open(self.data_dir / "broker.log", "ab")
         self._proc = subprocess.Popen(
-            [java, f"-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC",
+            [java, "-Xms256m", f"-Xmx{self.heap}", "-XX:+UseG1GC",
              f"-Dlog4j.configuration=file:{self.data_dir / 'log4j.properties'}",
              "-cp", classpath, "kafka.Kafka", str(props)],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
