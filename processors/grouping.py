@@ -27,6 +27,7 @@ from ..expressions import ExpressionError, evaluate, key_value
 from ..partitioning import function_key
 from ..wire import EventRecord, FunctionDefinition
 from .flow import batching, debounce
+from .flow.timer_actions import CancelTimer, SetTimer
 
 RECENT_IDS = 256
 Kind = Literal["debounce", "batch"]
@@ -75,10 +76,10 @@ def _translate(result: Grouped, flow_key: str, decision: debounce.Decision | bat
     if decision.changed:
         result.puts[flow_key] = None if decision.state is None else decision.state.model_dump_json()
     for action in decision.actions:
-        if isinstance(action, (debounce.SetTimer, batching.SetTimer)):
+        if isinstance(action, SetTimer):
             result.set_timers.append(FlowTimer(qualify(flow_key, action.timer_id), action.due_ms, flow_key,
                                                action.timer_id))
-        elif isinstance(action, (debounce.CancelTimer, batching.CancelTimer)):
+        elif isinstance(action, CancelTimer):
             result.cancel_timers.append((qualify(flow_key, action.timer_id), action.due_ms))
         elif isinstance(action, (debounce.StartRun, batching.StartRun)):
             result.runs.append((action.run_seed, list(action.events)))

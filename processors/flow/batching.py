@@ -80,6 +80,7 @@ from pydantic import BaseModel
 
 from ...flow_config import MAX_BATCH_BYTES, Batch
 from ...wire import EventRecord
+from .timer_actions import CancelTimer, SetTimer, TimerFired
 
 # -- inputs ------------------------------------------------------------------------------------
 
@@ -91,28 +92,9 @@ class EventArrives:
     batchable: bool = True  # the caller's evaluation of if_exp (None: True; error: False)
 
 
-@dataclass(frozen=True)
-class TimerFired:
-    timer_id: str
-
-
 Input = Union[EventArrives, TimerFired]
 
 # -- actions -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    kind: Literal["set_timer"] = field(default="set_timer", init=False)
-    timer_id: str
-    due_ms: int
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    kind: Literal["cancel_timer"] = field(default="cancel_timer", init=False)
-    timer_id: str
-    due_ms: int
 
 
 ClosedBy = Literal["max_size", "max_bytes", "timeout", "not_batchable"]

@@ -90,6 +90,7 @@ from pydantic import BaseModel
 
 from ...flow_config import MAX_BATCH_BYTES, Debounce
 from ...wire import EventRecord
+from .timer_actions import CancelTimer, SetTimer, TimerFired
 
 # -- inputs ------------------------------------------------------------------------------------
 
@@ -101,28 +102,9 @@ class EventArrives:
     """The event's serialized size; ``None``: ``len(event.dumps())`` (its ``sg.events`` value)."""
 
 
-@dataclass(frozen=True)
-class TimerFired:
-    timer_id: str
-
-
 Input = Union[EventArrives, TimerFired]
 
 # -- actions -----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SetTimer:
-    kind: Literal["set_timer"] = field(default="set_timer", init=False)
-    timer_id: str
-    due_ms: int
-
-
-@dataclass(frozen=True)
-class CancelTimer:
-    kind: Literal["cancel_timer"] = field(default="cancel_timer", init=False)
-    timer_id: str
-    due_ms: int
 
 
 @dataclass(frozen=True)
