@@ -12,4 +12,5 @@ from __future__ import annotations
 # list of JSON-able result dicts it printed.
 BENCHMARKS: dict[str, str] = {
     "B1": "bench.b1_latency:main",
+    "FLOW": "bench.flow_grouping:main",  # debounce / batching throughput and lateness (issue 3)
 }

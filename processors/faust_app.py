@@ -31,6 +31,7 @@ import os
 import time
 
 import faust
+from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
 from ..kafka_clients import CompactedView
@@ -38,10 +39,10 @@ from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
 from ..state.run_state import RunState
-from ..topics import MAX_MESSAGE_BYTES, ensure_core_topics, ensure_work_topic
+from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics, ensure_work_topic
 from ..wire import CronSync, EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
-from .routing import TriggerIndex, triggers_for
 from .flow_stage import FlowStage
+from .routing import TriggerIndex, triggers_for
 from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide
 
 log = logging.getLogger("sluicegate.processor")
@@ -162,7 +163,13 @@ class Processor(FlowStage):
             except ValueError:
                 log.warning("functions: dropped an undecodable command")
                 continue
-            await self._handle(cmd, event.message.partition)
+            try:
+                await self._handle(cmd, event.message.partition)
+            except Exception:
+                # faust would mark the record processed and move on: that loses it. Stop
+                # instead; a restart re-reads it from the last commit (invariant 1).
+                log.critical("functions: failed on a %s command; stopping the processor", cmd.kind, exc_info=True)
+                os._exit(70)
 
     async def _handle(self, cmd: Trigger | StepOutcome | TimerFired | CronSync, partition: int) -> None:
         now = now_ms()
@@ -272,8 +279,21 @@ class Processor(FlowStage):
                              partition_for(key, self.settings.partitions))
 
 
+TABLES = ("runs", "timers", "flow")
+
+
+def changelog_topics(settings: Settings) -> list[NewTopic]:
+    """faust's changelog topics of our tables, created before faust starts: when faust
+    declares one itself, the first write can race the creation (PartitionsMismatch: "has
+    0 partitions") and the agent would drop that record."""
+    return [NewTopic(f"{settings.processor_id}-{name}-changelog", settings.partitions, settings.replication_factor,
+                     config={"cleanup.policy": "compact", "max.message.bytes": MAX_MESSAGE_BYTES})
+            for name in TABLES]
+
+
 def create_processor(settings: Settings) -> Processor:
     ensure_core_topics(settings)
+    create_topics(settings, changelog_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     processor = Processor(settings)
     processor.start_registry()

@@ -133,6 +133,7 @@ class AsyncProducer:
         self._stop.set()
         self._thread.join(2)
         self._p.flush(5)
+        del self._p  # release librdkafka's handle now (it would keep reconnecting)
 
 
 class CompactedView:
