@@ -119,7 +119,8 @@ def burst(config: RateLimit) -> int:
     return config.limit // 10 if config.mode == "gcra" else config.limit - 1
 
 
-def _tat_ticks(state: GcraState | None, now_ticks: int, limit: int) -> int:
+def tat_ticks(state: GcraState | None, now_ticks: int, limit: int) -> int:
+    """The state's TAT in ticks of 1/limit ms (shared with the dispatcher's throttle)."""
     if state is None:
         return now_ticks
     if state.tat_rem >= limit:  # written under a larger limit: round up to the next ms
@@ -133,7 +134,7 @@ def decide(state: GcraState | None, now_ms: int, config: RateLimit) -> RateDecis
     emission = config.period_ms          # T, in ticks of 1/limit ms
     now = now_ms * limit
     tolerance = burst(config) * emission
-    tat = _tat_ticks(state, now, limit)
+    tat = tat_ticks(state, now, limit)
     if tat - now > tolerance:
         allow_at = tat - tolerance
         return RateDecision(state, admitted=False, retry_at_ms=-(-allow_at // limit))
