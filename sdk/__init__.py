@@ -2,11 +2,12 @@
 
 from .client import Sluicegate
 from .errors import NonRetriableError, RetryAfterError, StepError
-from .function import (Batch, Debounce, Function, FunctionConfig, RateLimit, Retries, Singleton, TriggerCron,
-                       TriggerEvent)
+from .function import (Batch, Concurrency, Debounce, Fairness, Function, FunctionConfig, Priority, RateLimit, Retries,
+                       Singleton, Throttle, TriggerCron, TriggerEvent)
 from .step import Context, Step
 
 __all__ = [
-    "Batch", "Context", "Debounce", "Function", "FunctionConfig", "NonRetriableError", "RateLimit", "Retries",
-    "RetryAfterError", "Singleton", "Sluicegate", "Step", "StepError", "TriggerCron", "TriggerEvent",
+    "Batch", "Concurrency", "Context", "Debounce", "Fairness", "Function", "FunctionConfig", "NonRetriableError",
+    "Priority", "RateLimit", "Retries", "RetryAfterError", "Singleton", "Sluicegate", "Step", "StepError", "Throttle",
+    "TriggerCron", "TriggerEvent",
 ]

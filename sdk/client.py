@@ -8,7 +8,7 @@ from ..events import validate_events
 from ..ids import check_id
 from ..kafka_clients import SyncProducer
 from ..settings import Settings
-from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
+from ..flow_config import Batch, Concurrency, Debounce, Fairness, FlowControl, Priority, RateLimit, Singleton, Throttle
 from ..triggers import TriggerCron, TriggerEvent
 from .function import Function, FunctionConfig, Retries
 
@@ -54,15 +54,27 @@ class Sluicegate:
                  retries: Retries | int = Retries(), name: str | None = None,
                  rate_limit: RateLimit | None = None, debounce: Debounce | None = None,
                  batch: Batch | None = None, idempotency: str | None = None,
-                 singleton: Singleton | None = None) -> Callable[[Callable[..., Any]], Function]:
+                 singleton: Singleton | None = None,
+                 concurrency: int | Concurrency | list[Concurrency] | None = None,
+                 throttle: Throttle | None = None, priority: Priority | None = None,
+                 fairness: Fairness | None = None) -> Callable[[Callable[..., Any]], Function]:
         """Decorator: register ``handler(ctx, step)`` (sync or async) as a function of this app.
 
         Invalid configuration (a bad id, trigger or expression, an incompatible combination
         of flow controls) raises ``pydantic.ValidationError`` naming the field, here, at
         definition time.
         """
+        if concurrency is None or concurrency == 0:
+            limits: list[Concurrency] = []
+        elif isinstance(concurrency, int) and not isinstance(concurrency, bool):
+            limits = [Concurrency(limit=concurrency)]  # a bare number: one function-wide limit
+        elif isinstance(concurrency, Concurrency):
+            limits = [concurrency]
+        else:
+            limits = list(concurrency)
         flow = FlowControl(rate_limit=rate_limit, debounce=debounce, batch=batch,
-                           idempotency=idempotency, singleton=singleton)
+                           idempotency=idempotency, singleton=singleton, concurrency=limits,
+                           throttle=throttle, priority=priority, fairness=fairness)
         config = FunctionConfig(id=id, name=name, trigger=trigger, retries=retries, flow=flow)
 
         def decorate(handler: Callable[..., Any]) -> Function:

@@ -10,13 +10,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from .. import limits
 from ..expressions import InvalidExpression, compile_expression
 from ..ids import ID_PATTERN, ID_RULE
-from ..flow_config import Batch, Debounce, FlowControl, RateLimit, Singleton
+from ..flow_config import Batch, Concurrency, Debounce, Fairness, FlowControl, Priority, RateLimit, Singleton, Throttle
 from ..triggers import TriggerCron, TriggerEvent, Triggers
 from ..wire import FunctionDefinition
 
 
-__all__ = ["Batch", "Debounce", "Function", "FunctionConfig", "RateLimit", "Retries", "Singleton",
-           "TriggerCron", "TriggerEvent"]
+__all__ = ["Batch", "Concurrency", "Debounce", "Fairness", "Function", "FunctionConfig", "Priority", "RateLimit",
+           "Retries", "Singleton", "Throttle", "TriggerCron", "TriggerEvent"]
 
 
 class Retries(BaseModel):

@@ -83,15 +83,77 @@ class Singleton(_Config):
     mode: Literal["skip", "cancel", "queue"] = "skip"
 
 
+MAX_CONCURRENCY_LIMITS = 2
+MAX_CONCURRENCY = 100_000
+MIN_THROTTLE_PERIOD_MS = SECOND
+MAX_THROTTLE_PERIOD_MS = 7 * DAY
+PRIORITY_MAX_S = 43_200
+MAX_FAIRNESS_WEIGHT = 100
+
+
+class Concurrency(_Config):
+    """At most ``limit`` steps executing at once (per ``key`` value; reference §2).
+
+    ``scope``: ``fn`` counts this function's steps; ``app`` and ``account`` share one counter
+    between every function that names the same key (each compares it with its own limit).
+    ``per="run"`` holds the slot for the whole run, sleeps and waits included, instead of
+    only while a step executes (inngest/inngest#2263).
+    """
+
+    limit: int = Field(ge=1, le=MAX_CONCURRENCY)
+    key: str | None = Field(None, max_length=1024)
+    scope: Literal["fn", "app", "account"] = "fn"
+    per: Literal["step", "run"] = "step"
+
+    @model_validator(mode="after")
+    def _scoped_key(self) -> "Concurrency":
+        if self.scope != "fn" and self.key is None:
+            raise ValueError(f"concurrency.key is required with scope {self.scope!r} "
+                             "(a fixed shared key is a quoted string, e.g. '\"openai\"')")
+        return self
+
+
+class Throttle(_Config):
+    """At most ``limit`` run starts per ``period_ms`` (per ``key`` value), ``burst`` more at
+    once from idle. Excess runs wait in their backlog; nothing is dropped (reference §3)."""
+
+    limit: int = Field(ge=1, le=1_000_000)
+    period_ms: int = Field(ge=MIN_THROTTLE_PERIOD_MS, le=MAX_THROTTLE_PERIOD_MS)
+    burst: int = Field(0, ge=0, le=1_000_000)
+    key: str | None = Field(None, max_length=1024)
+
+
+class Priority(_Config):
+    """``run``: an expression giving whole seconds (clamped to ±12 h). A run with priority
+    ``p`` goes ahead of runs of its function queued up to ``p`` seconds before it."""
+
+    run: str = Field(max_length=1024)
+
+
+class Fairness(_Config):
+    """Who shares this function's capacity fairly. ``key`` (an expression, e.g. the
+    customer id) names the tenant of a run; ``weight`` (an expression giving a whole number
+    1–100, e.g. ``event.data.plan == "pro" ? 4 : 1``) its share. Without it, the values of
+    the concurrency and throttle keys are the tenant, each with weight 1."""
+
+    key: str = Field(max_length=1024)
+    weight: str | None = Field(None, max_length=1024)
+
+
 class FlowControl(_Config):
     """Everything decided at schedule time, in this order: rate limit → debounce → batch →
-    idempotency → singleton. ``idempotency`` is a key expression: one run per value per 24 h."""
+    idempotency → singleton. ``idempotency`` is a key expression: one run per value per 24 h.
+    Then the dispatcher: ``concurrency``, ``throttle``, ``priority`` and ``fairness``."""
 
     rate_limit: RateLimit | None = None
     debounce: Debounce | None = None
     batch: Batch | None = None
     idempotency: str | None = Field(None, max_length=1024)
     singleton: Singleton | None = None
+    concurrency: list[Concurrency] = Field(default_factory=list, max_length=MAX_CONCURRENCY_LIMITS)
+    throttle: Throttle | None = None
+    priority: Priority | None = None
+    fairness: Fairness | None = None
 
     @model_validator(mode="after")
     def _compatible(self) -> "FlowControl":
@@ -100,6 +162,7 @@ class FlowControl(_Config):
             ("batch", "singleton", "a batch run cannot be a singleton (reference §6)"),
             ("batch", "rate_limit", "rate limits drop single events; batches group them (reference §4)"),
             ("batch", "idempotency", "a batch run's idempotency key is its batch id (reference §6)"),
+            ("batch", "priority", "a batch has no single event to rank (reference §8)"),
         ]
         for a, b, why in pairs:
             if getattr(self, a) is not None and getattr(self, b) is not None:
@@ -115,6 +178,17 @@ class FlowControl(_Config):
                 out[f"{name}.key"] = part.key
         if self.batch is not None and self.batch.if_exp:
             out["batch.if_exp"] = self.batch.if_exp
+        for i, c in enumerate(self.concurrency):
+            if c.key:
+                out[f"concurrency[{i}].key"] = c.key
+        if self.throttle is not None and self.throttle.key:
+            out["throttle.key"] = self.throttle.key
+        if self.priority is not None:
+            out["priority.run"] = self.priority.run
+        if self.fairness is not None:
+            out["fairness.key"] = self.fairness.key
+            if self.fairness.weight:
+                out["fairness.weight"] = self.fairness.weight
         if self.idempotency:
             out["idempotency"] = self.idempotency
         return out

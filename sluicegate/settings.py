@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     max_event_bytes: int = Field(limits.MAX_EVENT_BYTES, ge=1024, le=limits.ABSOLUTE_MAX_EVENT_BYTES)
     session_timeout_s: float = Field(10.0, gt=0, description="Kafka consumer-group session timeout of processors.")
     commit_interval_s: float = Field(1.0, gt=0)
+    dispatch_window: int = Field(64, ge=1, le=100_000, description=(
+        "In-flight jobs per app per work partition: the most a newly ready step can wait behind. "
+        "Set it to about the executors' capacity per partition (worker concurrency x workers)."))
+    lease_ms: int = Field(30_000, ge=1_000, le=3_600_000, description=(
+        "A dispatched step not heard from (outcome or heartbeat) for this long is dispatched again."))
     log_level: str = "INFO"
 
     def topic(self, name: str) -> str:

@@ -6,7 +6,7 @@ Every record is JSON. Topic, key and partition of each:
 topic              key                         value
 =================  ==========================  =====================================
 sg.events          ``app_id``                  :class:`EventRecord`
-sg.commands        ``app_id/function_id``      :class:`Trigger` | :class:`StepOutcome` | :class:`TimerFired` | :class:`CronSync`
+sg.commands        ``app_id/function_id``      :class:`Trigger` | :class:`StepOutcome` | :class:`TimerFired` | :class:`CronSync` | :class:`Heartbeat` | :class:`DispatchTick`
 sg.work.<app>      ``run_id``                  :class:`Job` (partition = the command's partition)
 sg.runs            ``run_id``                  :class:`RunView` (compacted; the API's read model)
 sg.registry        ``app_id/function_id``      :class:`FunctionDefinition` (compacted)
@@ -124,6 +124,26 @@ class StepOutcome(_Model):
     started_at: int
     ended_at: int
     worker_id: str = ""
+    lease_id: str = Field("", description="the lease of the dispatch this outcome answers")
+
+
+class Heartbeat(_Model):
+    """Worker → function processor: the step of this lease is still executing; extend it."""
+
+    kind: Literal["heartbeat"] = "heartbeat"
+    app_id: str
+    function_id: str
+    run_id: str
+    lease_id: str
+    worker_id: str = ""
+
+
+class DispatchTick(_Model):
+    """Self-addressed, to one partition: reap expired leases, wake throttled backlogs, refill
+    the in-flight windows (tables change only inside the agent)."""
+
+    kind: Literal["dispatch_tick"] = "dispatch_tick"
+    at_ms: int
 
 
 class TimerFired(_Model):
@@ -148,8 +168,9 @@ class CronSync(_Model):
     cron: str
 
 
-Command = Annotated[Union[Trigger, StepOutcome, TimerFired, CronSync], Field(discriminator="kind")]
-command_adapter: TypeAdapter[Trigger | StepOutcome | TimerFired | CronSync] = TypeAdapter(Command)
+AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick]
+Command = Annotated[AnyCommand, Field(discriminator="kind")]
+command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
 
 class Job(_Model):
@@ -166,6 +187,8 @@ class Job(_Model):
         default_factory=dict, description="step hash -> {'data': ...} or {'error': {...}}"
     )
     dispatched_at: int
+    lease_id: str = Field("", description="echo it in the outcome and in heartbeats")
+    lease_ms: int = Field(0, description="the lease lasts this long from dispatch or the last heartbeat")
 
 
 class StepAttemptView(BaseModel):
