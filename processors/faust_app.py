@@ -17,8 +17,10 @@ each process keeps a heap of its active partitions' timers, rebuilt after each r
 and a 20 ms task sends a ``TimerFired`` command back through ``sg.commands`` (tables may
 only change inside an agent). The agent re-checks it against the run.
 
-Dispatcher (simple for now): the job of a run whose command arrived on partition p goes to
-``sg.work.<app>`` partition p — the per-partition work-queue shape of DESIGN.md.
+Dispatcher (``processors/dispatcher.py``): a ready job waits in its backlog in state and
+goes to ``sg.work.<app>`` partition p (p = its command's partition) only inside the app's
+bounded in-flight window, in fair order. Run views are sent after the window is refilled,
+so each says whether, and why, the run is still waiting.
 """
 
 from __future__ import annotations
@@ -39,8 +41,10 @@ from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
 from ..state.run_state import RunState
-from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics, ensure_work_topic
-from ..wire import CronSync, EventRecord, FunctionDefinition, StepOutcome, TimerFired, Trigger, command_adapter
+from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
+from ..wire import (AnyCommand, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat, StepOutcome,
+                    TimerFired, Trigger, command_adapter)
+from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, triggers_for
 from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide
@@ -61,7 +65,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(","))
 
 
-class Processor(FlowStage):
+class Processor(FlowStage, DispatchStage):
     """Holds the faust app and its helpers; ``create_app`` builds one."""
 
     def __init__(self, settings: Settings) -> None:
@@ -91,6 +95,16 @@ class Processor(FlowStage):
         self.timers = self.app.Table("timers", key_type=bytes, value_type=bytes, partitions=s.partitions)
         # schedule-time flow-control state per (function, key): processors/flow key layouts
         self.flow = self.app.Table("flow", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        # the dispatcher's record of every active run: state/dispatch_record.py
+        self.dispatch = self.app.Table("dispatch", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self._dispatchers: dict[int, PartitionDispatch] = {}
+        self._dispatch_dirty = True
+        self._rebalance_ticks_due = True
+        self._touched: set[tuple[int, str]] = set()
+        self._waiting_shown: set[str] = set()
+        self._views: dict[str, RunState] = {}
+        self._stats_at = 0
+        self._stats_sent: dict[str, bytes] = {}
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
         self._out_topics: dict[str, faust.TopicT] = {}
@@ -112,6 +126,8 @@ class Processor(FlowStage):
         @app.on_rebalance_complete.connect
         async def _rebalanced(sender: object = None, **kw: object) -> None:
             self._heap_dirty = True
+            self._dispatch_dirty = True
+            self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
             log.info("processor: rebalance complete, active partitions recovered")
 
@@ -171,8 +187,19 @@ class Processor(FlowStage):
                 log.critical("functions: failed on a %s command; stopping the processor", cmd.kind, exc_info=True)
                 os._exit(70)
 
-    async def _handle(self, cmd: Trigger | StepOutcome | TimerFired | CronSync, partition: int) -> None:
+    async def _handle(self, cmd: AnyCommand, partition: int) -> None:
         now = now_ms()
+        await self._decide(cmd, partition, now)
+        await self._refill(now)
+        await self._send_views(partition)
+
+    async def _decide(self, cmd: AnyCommand, partition: int, now: int) -> None:
+        if isinstance(cmd, DispatchTick):
+            self._on_tick(cmd, partition, now)
+            return
+        if isinstance(cmd, Heartbeat):
+            self._on_heartbeat(cmd, partition, now)
+            return
         if isinstance(cmd, CronSync) or (isinstance(cmd, TimerFired) and (cmd.flow_key or "").startswith("cron/")):
             decisions = self._on_cron(cmd, now)
         elif isinstance(cmd, TimerFired) and cmd.flow_key:
@@ -190,7 +217,12 @@ class Processor(FlowStage):
             for decision in self._schedule(cmd, now):
                 await self._apply(decision, partition)
             return
-        await self._apply(decide(run, cmd, now), partition)
+        decision = decide(run, cmd, now)
+        if isinstance(cmd, StepOutcome):
+            self._on_outcome_lease(cmd, decision.changed, partition)
+        await self._apply(decision, partition)
+        if decision.state is not None:
+            self._ensure_enqueued(decision.state, partition, now)
 
     async def _apply(self, decision: Decision, partition: int) -> None:
         """Persist one run's decision and forward its actions (the run's partition)."""
@@ -202,14 +234,10 @@ class Processor(FlowStage):
         if state.status == "skipped" and not state.events[0]["name"].startswith(RESERVED_PREFIX):
             await self._announce_skip(state)
         self.runs[state.run_id.encode()] = state.model_dump_json().encode()
-        work = self.settings.work_topic(state.app_id)
+        now = now_ms()
         for action in decision.actions:
             if isinstance(action, Dispatch):
-                if work not in self._work_topics:
-                    await asyncio.get_running_loop().run_in_executor(
-                        None, ensure_work_topic, self.settings, state.app_id)
-                    self._work_topics.add(work)
-                await self._send(work, state.run_id, action.job.dumps(), partition)
+                self._enqueue(state, action.job.job_id, action.job.attempt, partition, now)
             elif isinstance(action, StartTimer):
                 key = timer_key(action.due_ms, action.timer_id)
                 value = json.dumps({"app_id": state.app_id, "function_id": state.function_id,
@@ -218,11 +246,25 @@ class Processor(FlowStage):
                 heapq.heappush(self._heap, (action.due_ms, action.timer_id, value))
             elif isinstance(action, DeleteTimer):
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
-        await self._send(self.settings.runs_topic, state.run_id, state.view().dumps(),
-                         partition_for(state.run_id, self.settings.partitions))
+        if state.finished:
+            self._run_finished(state, partition)
+        self._views[state.run_id] = state  # sent after the window refill: _send_views
         if state.finished and state.singleton_key is not None:
             for follow_up in self._on_run_end(state, now_ms()):
                 await self._apply(follow_up, partition)
+
+    async def _send_views(self, partition: int) -> None:
+        """Publish the run views of this command, each with why it still waits, if it does."""
+        views, self._views = self._views, {}
+        for run_id, state in views.items():
+            view = state.view()
+            view.waiting = None if state.finished else self.waiting_reason(partition, run_id)
+            if view.waiting is not None:
+                self._waiting_shown.add(run_id)
+            else:
+                self._waiting_shown.discard(run_id)
+            await self._send(self.settings.runs_topic, run_id, view.dumps(),
+                             partition_for(run_id, self.settings.partitions))
 
     async def _announce_skip(self, run: RunState) -> None:
         """A ``sluicegate/run.skipped`` event (never for system events, so a function
@@ -270,6 +312,18 @@ class Processor(FlowStage):
         if self._heap_dirty:
             self._rebuild_heap()
         now = now_ms()
+        if self._rebalance_ticks_due:
+            # let each assigned partition rebuild its dispatcher and refill its windows
+            self._rebalance_ticks_due = False
+            for tp in self.app.assignor.assigned_actives():
+                if tp.topic == self.settings.commands_topic:
+                    await self._send(self.settings.commands_topic, f"tick/{tp.partition}",
+                                     DispatchTick(at_ms=now).dumps(), tp.partition)
+        else:
+            await self._dispatch_due(now)
+        if now - self._stats_at >= STATS_INTERVAL_MS:
+            self._stats_at = now
+            await self._publish_stats()
         while self._heap and self._heap[0][0] <= now:
             _due, timer_id, value = heapq.heappop(self._heap)
             target = json.loads(value)
@@ -279,7 +333,26 @@ class Processor(FlowStage):
                              partition_for(key, self.settings.partitions))
 
 
-TABLES = ("runs", "timers", "flow")
+    async def _publish_stats(self) -> None:
+        """Per-function backlog, in-flight and waiting counts to the compacted ``sg.stats``
+        (what the API's ``/v1/functions/{app}/{fn}/queue`` shows); only what changed."""
+        current: dict[str, bytes] = {}
+        for s in self.dispatch_stats():
+            s["at"] = now_ms()
+            key = function_key(s["app_id"], s["function_id"])
+            body = {k: v for k, v in s.items() if k != "at"}
+            current[key] = json.dumps(body, sort_keys=True).encode()
+            if self._stats_sent.get(key) != current[key]:
+                await self._send(self.settings.topic("stats"), key, json.dumps(s).encode(), 0)
+        for key, old in self._stats_sent.items():
+            if key not in current:  # drained: publish zeros once
+                body = json.loads(old)
+                body.update(backlog=0, in_flight=0, waiting={}, at=now_ms())
+                await self._send(self.settings.topic("stats"), key, json.dumps(body).encode(), 0)
+        self._stats_sent = current
+
+
+TABLES = ("runs", "timers", "flow", "dispatch")
 
 
 def changelog_topics(settings: Settings) -> list[NewTopic]:

@@ -28,9 +28,15 @@ from .backoff import retry_delay_ms
 
 
 @dataclass(frozen=True)
+class DispatchRef:
+    job_id: str
+    attempt: int
+
+
+@dataclass(frozen=True)
 class Dispatch:
     kind: Literal["dispatch"]
-    job: Job
+    job: DispatchRef
 
 
 @dataclass(frozen=True)
@@ -62,14 +68,22 @@ def _job_id(run_id: str, seq: int) -> str:
     return f"{run_id}.{seq}"
 
 
-def _dispatch(run: RunState, now_ms: int) -> Dispatch:
+def job_for(run: RunState, now_ms: int, *, lease_id: str = "", lease_ms: int = 0) -> Job:
+    """The message a worker gets for the run's current job (memos as of now)."""
     assert run.job is not None
-    run.job.dispatched_at = now_ms
-    return Dispatch("dispatch", Job(
+    return Job(
         job_id=run.job.job_id, app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
         attempt=run.job.attempt, max_attempts=run.max_attempts, events=run.events,
-        memos=run.memos(), dispatched_at=now_ms,
-    ))
+        memos=run.memos(), dispatched_at=now_ms, lease_id=lease_id, lease_ms=lease_ms,
+    )
+
+
+def _dispatch(run: RunState, now_ms: int) -> Dispatch:
+    """The job is ready: the dispatcher queues it in its backlog and sends it in its turn
+    (``Dispatch.job`` names the job; the worker's message is built at send time)."""
+    assert run.job is not None
+    run.job.dispatched_at = now_ms
+    return Dispatch("dispatch", DispatchRef(run.job.job_id, run.job.attempt))
 
 
 def _next_job(run: RunState, now_ms: int) -> Dispatch:

@@ -20,6 +20,8 @@ def core_topics(s: Settings) -> list[NewTopic]:
             "cleanup.policy": "compact", "max.message.bytes": MAX_MESSAGE_BYTES}),
         NewTopic(s.registry_topic, 1, rf, config={"cleanup.policy": "compact"}),
         NewTopic(s.keys_topic, 1, rf, config={"cleanup.policy": "compact"}),
+        # per-function backlog / in-flight figures from the dispatchers (the API's queue view)
+        NewTopic(s.topic("stats"), 1, rf, config={"cleanup.policy": "compact"}),
     ]
 
 

@@ -221,6 +221,9 @@ class RunView(_Model):
     error: ErrorInfo | None = None
     skip_reason: str | None = Field(None, description="why no run was started (status 'skipped')")
     skip_detail: str | None = None
+    waiting: str | None = Field(None, description=(
+        "why the run's next step has not been dispatched yet: concurrency (a concurrency key is full), "
+        "throttled, window_full (its app's in-flight window is full) or queued (behind other steps)"))
     steps: list[StepView] = Field(default_factory=list)
 
 

@@ -11,7 +11,7 @@ from typing import Any, Callable
 import pytest
 
 from sluicegate import limits
-from sluicegate.processors.run_decisions import DeleteTimer, Decision, Dispatch, StartTimer, decide
+from sluicegate.processors.run_decisions import DeleteTimer, Decision, Dispatch, StartTimer, DispatchRef, decide, job_for
 from sluicegate.state.run_state import RunState, StepRecord
 from sluicegate.wire import (
     ErrorInfo,
@@ -97,8 +97,10 @@ def dispatched(decision: Decision) -> Job:
     assert [type(a) for a in decision.actions] == [Dispatch] or [type(a) for a in decision.actions] == [
         DeleteTimer, Dispatch]
     action = decision.actions[-1]
-    assert isinstance(action, Dispatch)
-    return action.job
+    assert isinstance(action, Dispatch) and decision.state is not None and decision.state.job is not None
+    assert (action.job.job_id, action.job.attempt) == (decision.state.job.job_id, decision.state.job.attempt)
+    # the worker's message is built when the dispatcher sends it: from the state as it is now
+    return job_for(decision.state, decision.state.job.dispatched_at or 0)
 
 
 # -- trigger ---------------------------------------------------------------------------------
@@ -113,11 +115,12 @@ def test_trigger_creates_run_and_dispatches_attempt_zero_with_no_memos() -> None
     assert (run.run_id, run.status, run.created_at, run.started_at, run.ended_at) == (RUN, "running", NOW, NOW, None)
     assert run.event_ids == ["01EVENT"]
     assert run.max_attempts == 4
-    assert decision.actions == [Dispatch("dispatch", Job(
+    assert decision.actions == [Dispatch("dispatch", DispatchRef(f"{RUN}.0", 0))]
+    assert dispatched(decision) == Job(
         job_id=f"{RUN}.0", app_id=APP, function_id=FN, run_id=RUN, attempt=0, max_attempts=4,
         events=[{"id": "01EVENT", "name": "user.created", "data": {"user": 7}, "ts": NOW - 5}],
         memos={}, dispatched_at=NOW,
-    ))]
+    )
 
 
 def test_duplicate_trigger_is_ignored() -> None:
@@ -451,7 +454,7 @@ def test_a_queued_run_has_no_job_until_released() -> None:
     r = release(d.state, NOW + 50)
     assert r.state is not None and r.state.status == "running" and r.state.started_at == NOW + 50
     [dispatch] = r.actions
-    assert isinstance(dispatch, Dispatch) and dispatch.job.attempt == 0 and dispatch.job.memos == {}
+    assert isinstance(dispatch, Dispatch) and dispatch.job.attempt == 0 and dispatched(r).memos == {}
     assert release(r.state, NOW + 60).changed is False  # only a queued run is released
 
 
