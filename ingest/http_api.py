@@ -5,6 +5,8 @@
   unknown key: 401. In both cases nothing is produced.
 * ``GET /v1/runs/{run_id}`` — status, output or error, steps with attempts and timings.
 * ``GET /v1/events/{event_id}/runs`` — the runs an event started.
+* ``GET /v1/functions/{app}/{fn}/queue`` — the dispatcher's backlog, in-flight count and
+  why waiting runs wait (published by the processors about once a second).
 
 Event keys are never logged in full: uvicorn's access log is off and requests are logged
 here with the key masked.
@@ -28,7 +30,7 @@ from pydantic import BaseModel, Field
 from .. import limits
 from ..errors import BrokerUnavailable, InvalidInput, LimitExceeded, NotFound, SluicegateError, Unauthorized
 from ..events import validate_events
-from ..kafka_clients import AsyncProducer
+from ..kafka_clients import AsyncProducer, CompactedView
 from ..settings import Settings
 from ..topics import ensure_core_topics
 from ..wire import RunView
@@ -56,6 +58,19 @@ class SkipCounts(BaseModel):
     counts: dict[str, int]
 
 
+class QueueStats(BaseModel):
+    """One function's dispatcher figures, as its processor last published them."""
+
+    app_id: str
+    function_id: str
+    backlog: int = Field(0, description="steps ready to run and waiting for their turn")
+    in_flight: int = Field(0, description="steps dispatched and not answered yet")
+    waiting: dict[str, int] = Field(default_factory=dict, description=(
+        "backlog by reason: concurrency (key full), throttled, window_full (the app's in-flight window "
+        "is full), queued (behind other steps of the same backlog)"))
+    at: int = Field(0, description="when the processor measured it, ms since the epoch (0: never)")
+
+
 def _status_of(exc: SluicegateError) -> int:
     for cls in type(exc).__mro__:
         if cls in _STATUS:
@@ -78,9 +93,11 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         state["keys"] = (keys or EventKeys(settings)).start()
         state["runs"] = (run_views or RunViewFollower(settings)).start()
         state["schedule"] = ScheduleWaiter(settings).start()
+        state["stats"] = CompactedView(settings.bootstrap_servers, settings.topic("stats"), json.loads).start()
         try:
             yield
         finally:
+            state["stats"].stop()
             state["schedule"].stop()
             state["runs"].stop()
             state["keys"].stop()
@@ -153,6 +170,14 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
              dependencies=[Depends(_api_auth)], summary="How many runs flow control skipped, by reason")
     async def function_skips(app_id: str, function_id: str) -> SkipCounts:
         return SkipCounts(counts=state["runs"].store.skip_counts(app_id, function_id))
+
+    @app.get("/v1/functions/{app_id}/{function_id}/queue", response_model=QueueStats,
+             dependencies=[Depends(_api_auth)], summary="Backlog depth, steps in flight and why runs wait")
+    async def function_queue(app_id: str, function_id: str) -> QueueStats:
+        found = state["stats"].items.get(f"{app_id}/{function_id}")
+        if not isinstance(found, dict):
+            return QueueStats(app_id=app_id, function_id=function_id)
+        return QueueStats.model_validate(found)
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:

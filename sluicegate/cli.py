@@ -5,7 +5,7 @@
     sluicegate fetch-broker                        download the broker's jars (Maven) into the cache
     sluicegate processor                           the faust processors
     sluicegate api                                 the HTTP bridge and runs API
-    sluicegate worker FILE.py:ATTR                 a worker for an app
+    sluicegate worker FILE.py:ATTR                 a worker for an app (--concurrency N jobs at once)
     sluicegate keys create --app APP | keys list   event keys
     sluicegate topics                              create the core topics
 """
@@ -79,10 +79,14 @@ def cmd_worker(args: argparse.Namespace) -> None:
     _logging(settings)
     sg = load_app(args.app)
     sg.settings = sg.settings.model_copy(update={"bootstrap_servers": settings.bootstrap_servers})
-    worker = sg.worker()
+    try:
+        worker = sg.worker(concurrency=args.concurrency)
+    except ValueError as exc:
+        sys.exit(f"sluicegate worker: {exc}")
     thread = threading.Thread(target=worker.run, daemon=True)
     thread.start()
-    print(f"worker for app {sg.app_id!r}: functions {sorted(sg.functions)}", flush=True)
+    print(f"worker for app {sg.app_id!r}: functions {sorted(sg.functions)}, "
+          f"{worker.concurrency} job(s) at once", flush=True)
     _wait_for_signal()
     worker.stop()
 
@@ -151,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     sub.add_parser("api", help="run the HTTP bridge and runs API").set_defaults(fn=cmd_api)
     p = sub.add_parser("worker", help="run a worker for an app")
     p.add_argument("app", help="FILE.py:ATTR or module:attr of a Sluicegate client")
+    p.add_argument("--concurrency", type=int, default=None, metavar="N",
+                   help="jobs run at once, 1-1000 (default: SLUICEGATE_WORKER_CONCURRENCY, else 8)")
     p.set_defaults(fn=cmd_worker)
     sub.add_parser("topics", help="create the core topics").set_defaults(fn=cmd_topics)
     p = sub.add_parser("keys", help="event keys")

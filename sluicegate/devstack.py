@@ -45,6 +45,8 @@ class ProcessorProcess:
             "SLUICEGATE_SESSION_TIMEOUT_S": str(s.session_timeout_s),
             "SLUICEGATE_COMMIT_INTERVAL_S": str(s.commit_interval_s),
             "SLUICEGATE_LOG_LEVEL": s.log_level,
+            "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
+            "SLUICEGATE_LEASE_MS": str(s.lease_ms),
         })
         return env
 

@@ -40,6 +40,9 @@ class Settings(BaseSettings):
         "Set it to about the executors' capacity per partition (worker concurrency x workers)."))
     lease_ms: int = Field(30_000, ge=1_000, le=3_600_000, description=(
         "A dispatched step not heard from (outcome or heartbeat) for this long is dispatched again."))
+    worker_concurrency: int = Field(8, ge=1, le=1000, description=(
+        "Jobs an SDK worker runs at once, each in its own thread (`sluicegate worker --concurrency` "
+        "and `sg.worker(concurrency=...)` override it)."))
     log_level: str = "INFO"
 
     def topic(self, name: str) -> str:

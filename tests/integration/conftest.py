@@ -36,8 +36,8 @@ class Engine:
         self.apps.append(sg)
         return sg
 
-    def start_worker(self, sg: Sluicegate) -> Any:
-        worker = sg.worker(session_timeout_ms=6000).start()
+    def start_worker(self, sg: Sluicegate, concurrency: int = 8) -> Any:
+        worker = sg.worker(session_timeout_ms=6000, concurrency=concurrency).start()
         self.workers.append(worker)
         return worker
 
@@ -68,7 +68,7 @@ def engine(kafka_bootstrap: str, session_prefix: str, tmp_path_factory: pytest.T
     settings = Settings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=session_prefix, partitions=4, data_dir=data_dir,
         processor_id=f"{session_prefix}-processor", session_timeout_s=6.0, commit_interval_s=0.5,
-        http_port=free_port(), dev_mode=False,
+        http_port=free_port(), dev_mode=False, lease_ms=3000,
     )
     ensure_core_topics(settings)
     processor = ProcessorProcess(settings, data_dir / "processor.log").start()
