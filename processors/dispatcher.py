@@ -97,6 +97,8 @@ class DispatchStage:
     _dispatch_dirty: bool
     _touched: set[tuple[int, str]]
     _waiting_shown: set[str]
+    _views: dict[str, RunState]
+    _sharing_cache: tuple[int, dict[str, int]] | None = None
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
         raise NotImplementedError
@@ -271,9 +273,14 @@ class DispatchStage:
     # -- the window ------------------------------------------------------------------------
 
     def _sharing(self) -> dict[str, int]:
-        fns = [v for v in self.registry.items.values() if isinstance(v, FunctionDefinition)] \
-            if self.registry is not None else []
-        return partitions_sharing(fns, lambda k: partition_for(k, self.settings.partitions))
+        """``app``/``account`` counters: partitions per counter family, recomputed only when
+        the registry changed (``_registry_gen``)."""
+        gen = getattr(self, "_registry_gen", 0)
+        if self._sharing_cache is None or self._sharing_cache[0] != gen:
+            fns = [v for v in self.registry.items.values() if isinstance(v, FunctionDefinition)] \
+                if self.registry is not None else []
+            self._sharing_cache = (gen, partitions_sharing(fns, lambda k: partition_for(k, self.settings.partitions)))
+        return self._sharing_cache[1]
 
     def _gcra(self, key: str) -> GcraState | None:
         raw = self.flow.get(key.encode())
@@ -292,16 +299,19 @@ class DispatchStage:
                 dp.blocked.pop(app, None)
                 dp.window_full[app] = False
                 continue
+            if free <= 0:  # nothing can go: keep the last reasons, skip the selection
+                dp.window_full[app] = True
+                continue
             if dp.weights_dirty:
                 dp.weights = Weights(keys=dict(dp.key_weights))
                 dp.weights_dirty = False
-            result = pump(ready, dp.tickets, free=max(0, free), fair=dp.fair.get(app, FairState()),
+            result = pump(ready, dp.tickets, free=free, fair=dp.fair.get(app, FairState()),
                           concurrency=dp.cc, throttle_state=self._gcra, now_ms=now,
                           lease_ms=self.settings.lease_ms, weights=dp.weights)
             dp.fair[app] = result.fair
             dp.cc = result.concurrency
             dp.blocked[app] = dict(result.blocked)
-            dp.window_full[app] = free <= 0 or result.window_full
+            dp.window_full[app] = result.window_full
             for key, gcra in result.throttle_puts.items():
                 self.flow[key.encode()] = gcra.model_dump_json().encode()
             if result.wake_at_ms is not None:
@@ -341,6 +351,8 @@ class DispatchStage:
             self._work_topics.add(work)
         job = job_for(run, now, lease_id=ticket.lease_id, lease_ms=self.settings.lease_ms)
         await self._send(work, run_id, job.dumps(), partition)
+        if run_id in self._waiting_shown and run_id not in self._views:
+            self._views[run_id] = run  # its view said it was waiting: say it no longer is
 
     def waiting_reason(self, partition: int, run_id: str) -> str | None:
         """Why a run's job is still in its backlog: ``concurrency``, ``throttled``,

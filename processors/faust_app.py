@@ -118,6 +118,7 @@ class Processor(FlowStage, DispatchStage):
 
     def _on_registry_change(self, _key: str, _value: object) -> None:
         assert self.registry is not None
+        self._registry_gen = getattr(self, "_registry_gen", 0) + 1
         self.index.rebuild([v for v in self.registry.items.values() if isinstance(v, FunctionDefinition)])
 
     def _wire(self) -> None:

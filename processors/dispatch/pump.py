@@ -162,7 +162,12 @@ def pump(ready: Mapping, tickets: Mapping[str, Ticket], *, free: int, fair: Fair
         t = tickets[picked.item.item_id]
         got = cc.acquire(state, t.limits, lease_id=t.lease_id, run_id=t.run_id,
                          expires_ms=now_ms + lease_ms, now_ms=now_ms)
-        assert got.acquired, "is_blocked judged this head eligible"
+        if not got.acquired:
+            # only when the ticket reuses a lease id that expired unreaped: hold the backlog
+            # back for this refill rather than count the lease twice
+            judged[path] = True
+            blocked[path] = "concurrency"
+            continue
         state = got.state
         if not picked.item.started and t.throttle is not None and t.throttle_key is not None:
             d = th.decide(gcra(t.throttle_key), now_ms, t.throttle)

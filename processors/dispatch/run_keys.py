@@ -63,7 +63,9 @@ def _int(expr: str, event: dict[str, Any], default: int, lo: int, hi: int) -> in
         v = evaluate(expr, {"event": event})
     except ExpressionError:
         return default
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v):
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return default
+    if isinstance(v, float) and not v.is_integer():  # also inf and NaN, which int() rejects
         return default
     return max(lo, min(hi, int(v)))
 
