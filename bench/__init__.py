@@ -12,5 +12,8 @@ from __future__ import annotations
 # list of JSON-able result dicts it printed.
 BENCHMARKS: dict[str, str] = {
     "B1": "bench.b1_latency:main",
+    "B4": "bench.b4_noisy_neighbour:main",  # noisy-neighbour fairness vs a plain FIFO consumer
+    "B5": "bench.b5_many_tenants:main",  # Jain's index over 100 backlogged tenants
+    "B6": "bench.b6_key_cardinality:main",  # 10k keys x 3 vs 1 key x 30k, throughput ratio
     "FLOW": "bench.flow_grouping:main",  # debounce / batching throughput and lateness (issue 3)
 }
