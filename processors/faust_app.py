@@ -45,6 +45,7 @@ from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat, StepOutcome,
                     TimerFired, Trigger, command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
+from . import faust_tuning
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, triggers_for
 from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide
@@ -366,6 +367,7 @@ def changelog_topics(settings: Settings) -> list[NewTopic]:
 
 
 def create_processor(settings: Settings) -> Processor:
+    faust_tuning.apply()
     ensure_core_topics(settings)
     create_topics(settings, changelog_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

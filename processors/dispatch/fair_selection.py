@@ -73,8 +73,10 @@ Cost
 ----
 
 Selecting ``n`` items does O(n · 3) DRR steps plus one skip per child that turns out
-empty or blocked, and sorts the ``C`` children of each node it visits (O(C log C)). It reads
-``len()`` of the backlogs it visits and exactly the items it returns: never O(total items).
+empty or blocked. Children are read in id order straight from a mapping that keeps them
+sorted (``SortedDict``, as the dispatcher's backlogs do; O(log C) to find the cursor), else
+sorted once per call (O(C log C)). It reads ``len()`` of the backlogs it visits and exactly
+the items it returns: never O(total items), and a key costs only when it is visited.
 
 Cost-weighted extension
 -----------------------
@@ -108,12 +110,12 @@ input state                            never mutated (frozen models; a new state
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import AbstractSet, Union
 
 from pydantic import BaseModel, ConfigDict, Field
+from sortedcontainers import SortedDict
 
 PRIORITY_MAX_S = 43_200  # reference §8: the server clamps priority to ±12 h
 
@@ -244,22 +246,37 @@ class _Drr:
         self.turn = turn                 # None until touched, then the live cursor
         self.touched = False
         self.nodes: dict[str, _Drr | _Leaf] = {}
-        self.ring: deque[str] = deque()
+        # The ring, lazily: children in id order from ``start``, a cursor ``i`` of steps taken
+        # and the children skipped in this call. No O(children) copy per call.
+        self.ids: Sequence[str] = ()
+        self.start = 0
+        self.i = 0
+        self.skipped: set[str] = set()
         self.remaining = 0
 
     def _start(self) -> None:
         self.touched = True
-        ids = sorted(self.children)
+        ids = sorted_ids(self.children)
+        self.ids = ids
         turn = self.turn
         if turn is None:
-            self.ring = deque(ids)
             return
         lo = bisect_left(ids, turn.child)
         if lo < len(ids) and ids[lo] == turn.child and turn.remaining > 0:
             self.remaining = min(turn.remaining, self.ctx.weights.of(self.path + (turn.child,)))
         elif lo < len(ids) and ids[lo] == turn.child:
             lo += 1
-        self.ring = deque(ids[lo:] + ids[:lo])
+        self.start = lo % len(ids) if ids else 0
+
+    def _head(self) -> str | None:
+        """The child at the ring's head (skipped children are out of the ring)."""
+        n = len(self.ids)
+        while len(self.skipped) < n:
+            cid = self.ids[(self.start + self.i) % n]
+            if cid not in self.skipped:
+                return cid
+            self.i += 1
+        return None
 
     def node(self, cid: str) -> _Drr | _Leaf:
         n = self.nodes.get(cid)
@@ -273,24 +290,37 @@ class _Drr:
             return None
         if not self.touched:
             self._start()
-        ring = self.ring
-        while ring:
-            cid = ring[0]
+        while True:
+            cid = self._head()
+            if cid is None:
+                break
             if self.remaining == 0:
                 self.remaining = self.ctx.weights.of(self.path + (cid,))
             got = self.node(cid).pull()
             if got is None:           # empty or blocked: skip, forfeit the rest of the turn
-                ring.popleft()
+                self.skipped.add(cid)
+                self.i += 1
                 self.remaining = 0
                 continue
             self.remaining -= 1
             self.turn = Turn(child=cid, remaining=self.remaining)
             if self.remaining == 0:
-                ring.rotate(-1)
+                self.i += 1           # the turn is over: the ring moves on
             return got
         if self.turn is not None:
             self.turn = Turn(child=self.turn.child, remaining=0)
         return None
+
+
+def sorted_ids(children: Mapping) -> Sequence[str]:
+    """The children's ids in order, without a sort or a copy when the mapping keeps them
+    sorted (a ``SortedDict``, or a view offering ``sorted_ids()``)."""
+    if isinstance(children, SortedDict):
+        return children.keys()
+    own = getattr(children, "sorted_ids", None)
+    if own is not None:
+        return own()
+    return sorted(children)
 
 
 class _Ctx:

@@ -34,7 +34,7 @@ from typing import Literal
 from ..flow.rate_limit import GcraState
 from . import concurrency as cc
 from . import throttle as th
-from .fair_selection import FairState, Item, Path, Picked, Weights, select
+from .fair_selection import FairState, Item, Path, Picked, Weights, select, sorted_ids
 
 Reason = Literal["concurrency", "throttled"]
 
@@ -103,6 +103,9 @@ class _View(Mapping):
 
     def __iter__(self):  # type: ignore[override]
         return iter(self.ready)
+
+    def sorted_ids(self) -> Sequence[str]:
+        return sorted_ids(self.ready)
 
     def __len__(self) -> int:
         return len(self.ready)
