@@ -98,6 +98,7 @@ class DispatchStage:
     _touched: set[tuple[int, str]]
     _waiting_shown: set[str]
     _views: dict[str, RunState]
+    _record_writes: dict[str, ActiveRun | None]
     _sharing_cache: tuple[int, dict[str, int]] | None = None
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
@@ -155,12 +156,22 @@ class DispatchStage:
             heapq.heappush(dp.leases, (rec.lease_expires, rec.run_id, rec.lease_id))
 
     def _put_record(self, dp: PartitionDispatch, rec: ActiveRun | None, run_id: str) -> None:
+        """Change a record in memory now; the table gets its last state once per command
+        (:meth:`_flush_records`): a run queued and dispatched, or released and ended, by one
+        command costs one changelog record, not two."""
         if rec is None:
             dp.records.pop(run_id, None)
-            self.dispatch.pop(run_id.encode(), None)
         else:
             dp.records[run_id] = rec
-            self.dispatch[run_id.encode()] = rec.dumps()
+        self._record_writes[run_id] = rec
+
+    def _flush_records(self) -> None:
+        writes, self._record_writes = self._record_writes, {}
+        for run_id, rec in writes.items():
+            if rec is None:
+                self.dispatch.pop(run_id.encode(), None)
+            else:
+                self.dispatch[run_id.encode()] = rec.dumps()
 
     # -- inputs from the run state machine --------------------------------------------------
 

@@ -40,6 +40,7 @@ from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
+from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat, StepOutcome,
@@ -104,6 +105,7 @@ class Processor(FlowStage, DispatchStage):
         self._touched: set[tuple[int, str]] = set()
         self._waiting_shown: set[str] = set()
         self._views: dict[str, RunState] = {}
+        self._record_writes: dict[str, ActiveRun | None] = {}
         self._stats_at = 0
         self._stats_sent: dict[str, bytes] = {}
         self.index = TriggerIndex()
@@ -193,6 +195,7 @@ class Processor(FlowStage, DispatchStage):
         now = now_ms()
         await self._decide(cmd, partition, now)
         await self._refill(now)
+        self._flush_records()
         await self._send_views(partition)
 
     async def _decide(self, cmd: AnyCommand, partition: int, now: int) -> None:
@@ -367,7 +370,7 @@ def changelog_topics(settings: Settings) -> list[NewTopic]:
 
 
 def create_processor(settings: Settings) -> Processor:
-    faust_tuning.apply()
+    faust_tuning.apply(settings.processor_fetch_wait_ms)
     ensure_core_topics(settings)
     create_topics(settings, changelog_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -17,16 +17,19 @@ from typing import Any
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
 FETCH_MAX_WAIT_MS = 20
+_wait_ms = FETCH_MAX_WAIT_MS
 
 _original = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer
 
 
 def _create_worker_consumer(self: Any, transport: Any) -> Any:
     consumer = _original(self, transport)
-    consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read by aiokafka when the consumer starts
+    consumer._fetch_max_wait_ms = _wait_ms  # read by aiokafka when the consumer starts
     return consumer
 
 
-def apply() -> None:
+def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     """Idempotent; call before the faust worker starts."""
+    global _wait_ms
+    _wait_ms = fetch_max_wait_ms
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]

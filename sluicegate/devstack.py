@@ -47,6 +47,7 @@ class ProcessorProcess:
             "SLUICEGATE_LOG_LEVEL": s.log_level,
             "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
             "SLUICEGATE_LEASE_MS": str(s.lease_ms),
+            "SLUICEGATE_PROCESSOR_FETCH_WAIT_MS": str(s.processor_fetch_wait_ms),
         })
         return env
 

@@ -38,6 +38,8 @@ class Settings(BaseSettings):
     dispatch_window: int = Field(64, ge=1, le=100_000, description=(
         "In-flight jobs per app per work partition: the most a newly ready step can wait behind. "
         "Set it to about the executors' capacity per partition (worker concurrency x workers)."))
+    processor_fetch_wait_ms: int = Field(20, ge=1, le=5000, description=(
+        "How long the broker may hold a processor's fetch when its topics are quiet (faust hard-codes 1500)."))
     lease_ms: int = Field(30_000, ge=1_000, le=3_600_000, description=(
         "A dispatched step not heard from (outcome or heartbeat) for this long is dispatched again."))
     worker_concurrency: int = Field(8, ge=1, le=1000, description=(
