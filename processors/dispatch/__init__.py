@@ -1,2 +1,5 @@
-"""The dispatcher's pure decisions (issue 4): fair selection among ready backlogs, keyed
-concurrency slots with leases, and throttle. Not wired into the processor yet."""
+"""The dispatcher's pure decisions (issue 4): fair selection among ready backlogs
+(``fair_selection``), keyed concurrency slots with leases (``concurrency``), throttle
+(``throttle``), the values fixed per run at schedule time (``run_keys``), the ordered
+in-memory backlogs (``backlogs``) and one window refill (``pump``). The shell that persists
+and forwards is ``processors/dispatcher.py``."""
