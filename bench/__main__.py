@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=None,
                         help="seconds of measured sending per rate (B1; default 30, --quick 8)")
     parser.add_argument("--partitions", type=int, default=None, help="SLUICEGATE_PARTITIONS for the run")
+    parser.add_argument("--tenants", choices=["keys", "apps"], default=None,
+                        help="B4's tenant model: keys of one function of one app (default) or separate apps")
+    parser.add_argument("--allow-collisions", action="store_true",
+                        help="B4 --tenants apps: keep the first quiet app ids even if they share M's partitions")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy the processor log to ./bench-<ID>-processor.log before cleaning up")
     args = parser.parse_args(argv)
@@ -36,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
         "rates": [float(r) for r in args.rates.split(",")] if args.rates else None,
         "duration": args.duration,
         "partitions": args.partitions,
+        "tenants": args.tenants,
+        "allow_collisions": args.allow_collisions or None,
         "keep_logs": args.keep_logs,
     }
     try:

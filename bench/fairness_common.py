@@ -4,7 +4,8 @@ Semantics. A "tenant" of a function is the value of its concurrency (or fairness
 dispatcher does weighted deficit round-robin across the keys of one function of one app
 (``processors/dispatch/fair_selection.py``), so the benchmarks' tenants are keys of ONE
 function: ``concurrency=[Concurrency(limit=L, key="event.data.<field>")]``. With ``L`` = the
-executors' capacity one tenant alone can use every executor.
+executors' capacity one tenant alone can use every executor. (B4's ``--tenants apps`` models
+tenants as separate apps instead: ``bench/b4_apps.py``.)
 
 Capacity. One in-process worker runs ``concurrency=EXECUTORS`` jobs at once, and the
 processor's in-flight window (``dispatch_window``, per app per work partition) is set to the
@@ -248,11 +249,12 @@ class PeriodicSenders:
     """One thread per tenant, each with its own client, sending one event every ``1/rate`` s
     at absolute scheduled times (tenant i offset by i/n of a period). The event carries its
     scheduled time as ``sent``; if a send falls behind, the scheduled time stays the
-    reference (no coordinated omission)."""
+    reference (no coordinated omission). With ``per_tenant`` the client is
+    ``make_client(tenant)`` (e.g. tenants that are apps, each with its own ``Sluicegate``)."""
 
-    def __init__(self, make_client: Callable[[], Any], make_event: Callable[[str, int, float], dict[str, Any]],
-                 tenants: list[str], rate: float = 1.0) -> None:
-        self.make_client, self.make_event = make_client, make_event
+    def __init__(self, make_client: Callable[..., Any], make_event: Callable[[str, int, float], dict[str, Any]],
+                 tenants: list[str], rate: float = 1.0, per_tenant: bool = False) -> None:
+        self.make_client, self.make_event, self.per_tenant = make_client, make_event, per_tenant
         self.tenants, self.period = tenants, 1.0 / rate
         self.sent: dict[tuple[str, int], float] = {}
         self.errors: list[BaseException] = []
@@ -266,8 +268,8 @@ class PeriodicSenders:
         """Each client first sends one warm-up event (tenant ``warmup``, not measured): a new
         producer's first record waits for its connection and idempotent-producer id (~0.5 s)."""
         self._stop.clear()
-        for i, _tenant in enumerate(self.tenants):
-            client = self.make_client()
+        for i, tenant in enumerate(self.tenants):
+            client = self.make_client(tenant) if self.per_tenant else self.make_client()
             client.send(self.make_event("warmup", -1 - i, time.time()))
             self._clients.append(client)
         t0 = time.time() + 0.1
@@ -327,8 +329,11 @@ def processor_caught_up(settings: Settings, topics: Iterable[str], timeout: floa
     try:
         for t in topics:
             parts = [TopicPartition(t, p) for p in c.list_topics(t, timeout=10).topics[t].partitions]
-            ends = {tp.partition: c.get_watermark_offsets(tp, timeout=10)[1] for tp in parts}
-            while any(tp.offset < ends[tp.partition] for tp in c.committed(parts, timeout=10)):
+            marks = {tp.partition: c.get_watermark_offsets(tp, timeout=10) for tp in parts}
+            # a partition that never had a record (or whose records all expired) has no
+            # commit (offset -1001): nothing to wait for there
+            parts = [tp for tp in parts if marks[tp.partition][1] > marks[tp.partition][0]]
+            while parts and any(tp.offset < marks[tp.partition][1] for tp in c.committed(parts, timeout=10)):
                 if time.monotonic() >= deadline or (stop is not None and stop.is_set()):
                     return False
                 if alive is not None:
