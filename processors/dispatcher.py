@@ -340,8 +340,8 @@ class DispatchStage:
         dp.tickets.pop(run_id, None)
         raw = self.runs.get(run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
-        if run is None or run.finished or run.job is None or (run.job.job_id, run.job.attempt) != (rec.job_id,
-                                                                                                    rec.attempt):
+        if run is None or run.finished or run.job is None or run.job.retry_timer is not None \
+                or (run.job.job_id, run.job.attempt) != (rec.job_id, rec.attempt):
             # the run moved on since its job was queued: nothing to send
             dp.cc = cc.release(dp.cc, ticket.lease_id)
             self._put_record(dp, None if run is None or run.finished else rec.model_copy(update={"phase": "idle"}),

@@ -48,6 +48,8 @@ class ProcessorProcess:
             "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
             "SLUICEGATE_LEASE_MS": str(s.lease_ms),
             "SLUICEGATE_PROCESSOR_FETCH_WAIT_MS": str(s.processor_fetch_wait_ms),
+            "SLUICEGATE_PROCESSOR_BUFFER": str(s.processor_buffer),
+            "SLUICEGATE_PROCESSOR_FETCH_BYTES": str(s.processor_fetch_bytes),
         })
         return env
 

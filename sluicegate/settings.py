@@ -38,6 +38,12 @@ class Settings(BaseSettings):
     dispatch_window: int = Field(64, ge=1, le=100_000, description=(
         "In-flight jobs per app per work partition: the most a newly ready step can wait behind. "
         "Set it to about the executors' capacity per partition (worker concurrency x workers)."))
+    processor_buffer: int = Field(64, ge=1, le=131_072, description=(
+        "Records a processor agent fetches ahead (faust's stream_buffer_maxsize, default 4096 there): "
+        "a record of a quiet partition waits behind at most this many of a busy one."))
+    processor_fetch_bytes: int = Field(64 * 1024, ge=1024, le=64 * 1024 * 1024, description=(
+        "Bytes a processor fetches per partition at once: a record of a quiet partition waits behind "
+        "at most about this much of a busy one."))
     processor_fetch_wait_ms: int = Field(20, ge=1, le=5000, description=(
         "How long the broker may hold a processor's fetch when its topics are quiet (faust hard-codes 1500)."))
     lease_ms: int = Field(30_000, ge=1_000, le=3_600_000, description=(
