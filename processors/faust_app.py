@@ -87,14 +87,14 @@ class Processor(FlowStage, DispatchStage):
             topic_disable_leader=True,
             web_enabled=False,
             producer_acks=-1,
-            # records fetched ahead per agent (faust: 4096). One agent reads every partition,
-            # so a quiet partition's record waits behind at most this many of a busy one
+            # records fetched ahead per agent. One agent reads every partition, so a quiet
+            # partition's record waits behind at most this many of a busy one
             stream_buffer_maxsize=s.processor_buffer,
             # jobs and run views carry step outputs (4 MiB each, 32 MiB per run; README limits)
             producer_max_request_size=MAX_RECORD_BYTES,
-            # bytes fetched per partition at once: small, so a flooded partition cannot put
-            # thousands of records ahead of a quiet one (B4). A record larger than this
-            # still comes whole: the broker always returns the first batch of a partition.
+            # bytes fetched per partition at once (was 48 MiB): bounds how many records of a
+            # flooded partition go ahead of a quiet one (B4). A record larger than this still
+            # comes whole: the broker always returns a partition's first batch.
             consumer_max_fetch_size=s.processor_fetch_bytes,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
