@@ -210,3 +210,27 @@ def _registered(engine: "Engine", app_id: str) -> set[str]:
                 if isinstance(v, FunctionDefinition) and v.app_id == app_id}
     finally:
         view.stop()
+
+
+def test_heartbeats_keep_a_long_step_from_being_dispatched_again(engine_cleanup: "Engine") -> None:
+    """A step three times as long as the lease (3 s here) runs once: the worker's heartbeats
+    extend the lease, so the engine never dispatches it a second time."""
+    engine = engine_cleanup
+    sg = engine.app("heartbeat")
+    executions: list[float] = []
+
+    @sg.function(id="long", trigger=TriggerEvent(event="long"), concurrency=1)
+    def long(ctx: Any, step: Any) -> str:
+        def work() -> str:
+            executions.append(time.time())
+            time.sleep(9)
+            return "done"
+        return step.run("long", work)
+
+    engine.start_worker(sg)
+    [event_id] = sg.send({"name": "long", "data": {}})
+    run = engine.wait_run(event_id, timeout=60)
+    assert run["status"] == "completed" and run["output"] == "done"
+    time.sleep(1)  # a second dispatch would have started by now
+    assert len(executions) == 1, executions
+    assert engine.settings.lease_ms * 3 <= 9000  # the step really outlived several leases
