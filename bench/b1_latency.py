@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterable
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, TopicPartition
@@ -196,32 +197,35 @@ def _read_topic(settings: Settings, topic: str, timeout: float = 30.0) -> list[t
     return out
 
 
-def read_breakdown(settings: Settings, app_id: str) -> dict[int, dict[str, float]]:
-    """seq -> Kafka CreateTime (ms) of its event, trigger and first job."""
+def read_breakdown(settings: Settings, app_ids: str | Iterable[str]) -> dict[int, dict[str, float]]:
+    """seq -> Kafka CreateTime (ms) of its event, trigger and first job, for one app or
+    several (each topic is read once)."""
+    apps = {app_ids} if isinstance(app_ids, str) else set(app_ids)
     by_seq: dict[int, dict[str, float]] = {}
     for ts, value in _read_topic(settings, settings.events_topic):
         rec = json.loads(value)
         seq = (rec.get("data") or {}).get("seq")
-        if rec.get("app_id") == app_id and isinstance(seq, int):
+        if rec.get("app_id") in apps and isinstance(seq, int):
             by_seq.setdefault(seq, {})["event"] = ts
     run_seq: dict[str, int] = {}
     for ts, value in _read_topic(settings, settings.commands_topic):
         cmd = json.loads(value)
-        if cmd.get("kind") != "trigger" or cmd.get("app_id") != app_id:
+        if cmd.get("kind") != "trigger" or cmd.get("app_id") not in apps:
             continue
         events = cmd.get("events") or []
         seq = (events[0].get("data") or {}).get("seq") if events else None
         if isinstance(seq, int):
             run_seq[cmd["run_id"]] = seq
             by_seq.setdefault(seq, {}).setdefault("trigger", ts)
-    for ts, value in _read_topic(settings, settings.work_topic(app_id)):
-        job = json.loads(value)
-        seq = run_seq.get(job.get("run_id"))
-        if seq is None or job.get("memos"):
-            continue
-        rec = by_seq.setdefault(seq, {})
-        if "job" not in rec or ts < rec["job"]:
-            rec["job"] = ts
+    for app in sorted(apps):
+        for ts, value in _read_topic(settings, settings.work_topic(app)):
+            job = json.loads(value)
+            seq = run_seq.get(job.get("run_id"))
+            if seq is None or job.get("memos"):
+                continue
+            rec = by_seq.setdefault(seq, {})
+            if "job" not in rec or ts < rec["job"]:
+                rec["job"] = ts
     return by_seq
 
 

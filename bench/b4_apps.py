@@ -18,7 +18,6 @@ keeps the first names tried whatever their partitions and reports the colliding 
 from __future__ import annotations
 
 import gc
-import sys
 import threading
 import time
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ from sluicegate.partitioning import function_key, partition_for
 from sluicegate.sdk import Sluicegate
 from sluicegate.settings import Settings
 
-from .b1_latency import _read_topic
-from .fairness_common import EXECUTORS, Ledger
+from .fairness_common import EXECUTORS, Ledger, stop_worker_quietly
 from .harness import BenchStack
 
 FUNCTION_ID = "b4-work"
@@ -170,16 +168,8 @@ class AppsStack:
         """Stop every app's worker (in parallel)."""
         workers, self.workers = self.workers, {}
 
-        def stop(w: Any) -> None:
-            try:
-                if w._thread is not None:
-                    w.stop(timeout)
-                w._producer.flush(5)
-            except Exception as exc:
-                print(f"cleanup: worker: {exc!r}", file=sys.stderr)
-            w._producer = None  # destroy the librdkafka handle before the broker stops
-
-        threads = [threading.Thread(target=stop, args=(w,), daemon=True) for w in workers.values()]
+        threads = [threading.Thread(target=stop_worker_quietly, args=(w, timeout), daemon=True)
+                   for w in workers.values()]
         for th in threads:
             th.start()
         for th in threads:
@@ -212,37 +202,3 @@ class AppsStack:
         if b is not None and getattr(b, "_proc", None) is not None:
             out["broker"] = b._proc.pid
         return out
-
-
-def read_breakdown_apps(settings: Settings, app_ids: list[str]) -> dict[int, dict[str, float]]:
-    """seq -> Kafka CreateTime (ms) of its event, trigger and first job, over several apps
-    (``bench.b1_latency.read_breakdown`` for one app; each topic read once)."""
-    import json
-
-    apps = set(app_ids)
-    by_seq: dict[int, dict[str, float]] = {}
-    for ts, value in _read_topic(settings, settings.events_topic):
-        rec = json.loads(value)
-        seq = (rec.get("data") or {}).get("seq")
-        if rec.get("app_id") in apps and isinstance(seq, int):
-            by_seq.setdefault(seq, {})["event"] = ts
-    run_seq: dict[str, int] = {}
-    for ts, value in _read_topic(settings, settings.commands_topic):
-        cmd = json.loads(value)
-        if cmd.get("kind") != "trigger" or cmd.get("app_id") not in apps:
-            continue
-        events = cmd.get("events") or []
-        seq = (events[0].get("data") or {}).get("seq") if events else None
-        if isinstance(seq, int):
-            run_seq[cmd["run_id"]] = seq
-            by_seq.setdefault(seq, {}).setdefault("trigger", ts)
-    for app in sorted(apps):
-        for ts, value in _read_topic(settings, settings.work_topic(app)):
-            job = json.loads(value)
-            seq = run_seq.get(job.get("run_id"))
-            if seq is None or job.get("memos"):
-                continue
-            rec = by_seq.setdefault(seq, {})
-            if "job" not in rec or ts < rec["job"]:
-                rec["job"] = ts
-    return by_seq

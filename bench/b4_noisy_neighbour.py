@@ -59,7 +59,7 @@ from typing import Any
 from sluicegate.sdk import Sluicegate
 
 from .b1_latency import read_breakdown
-from .b4_apps import AppsStack, read_breakdown_apps
+from .b4_apps import AppsStack
 from .b4_phases import CAPACITY, QUIET, STEP_S, CpuTimeline, burst_phase, cpu_text, idle_phase, stages
 from .fairness_common import EXECUTORS, CpuMeter, FairStack, Ledger, PeriodicSenders, met_text, sleep_work
 from .fifo_baseline import FifoClient, FifoConsumer, create_topic
@@ -137,7 +137,7 @@ def main(quick: bool = False, duration: float | None = None, partitions: int | N
         # stage breakdown of the quiet events (CreateTime stamps in the topics)
         stage_rows: dict[str, dict] = {}
         try:
-            bd = (read_breakdown_apps(settings, [fs.app_of[t] for t in QUIET]) if apps
+            bd = (read_breakdown(settings, [fs.app_of[t] for t in QUIET]) if apps
                   else read_breakdown(settings, fs.app_id))
             stage_rows = {"idle": stages(idle["quiet_keys"], bd, ledger),
                           "burst": stages(burst["quiet_keys"], bd, ledger)}

@@ -105,6 +105,17 @@ def sleep_work(ledger: Ledger, seconds: float, gate: threading.Event | None = No
 # -- the stack: broker, processor with the window, one worker --------------------------------------
 
 
+def stop_worker_quietly(w: Any, timeout: float) -> None:
+    """Stop a worker for good; a cleanup error is printed, never raised."""
+    try:
+        if w._thread is not None:
+            w.stop(timeout)
+        w._producer.flush(5)
+    except Exception as exc:
+        print(f"cleanup: worker: {exc!r}", file=sys.stderr)
+    w._producer = None  # destroy the librdkafka handle before the broker stops
+
+
 @dataclass
 class FairStack:
     """BenchStack plus one app, one keyed function, one worker of ``executors`` slots."""
@@ -176,15 +187,8 @@ class FairStack:
 
     def stop_worker(self, timeout: float = 5.0) -> None:
         w, self.worker = self.worker, None
-        if w is None:
-            return
-        try:
-            if w._thread is not None:
-                w.stop(timeout)
-            w._producer.flush(5)
-        except Exception as exc:
-            print(f"cleanup: worker: {exc!r}", file=sys.stderr)
-        w._producer = None  # destroy the librdkafka handle before the broker stops
+        if w is not None:
+            stop_worker_quietly(w, timeout)
 
     def stop_processor(self) -> None:
         if self.stack.processor is not None:
