@@ -338,8 +338,10 @@ class DispatchStage:
         rec = dp.records[run_id]
         dp.backlogs.remove(run_id)
         dp.tickets.pop(run_id, None)
-        raw = self.runs.get(run_id.encode())
-        run = RunState.model_validate_json(raw) if raw is not None else None
+        run = self._views.get(run_id)  # changed by this command: already in hand
+        if run is None:
+            raw = self.runs.get(run_id.encode())
+            run = RunState.model_validate_json(raw) if raw is not None else None
         if run is None or run.finished or run.job is None or run.job.retry_timer is not None \
                 or (run.job.job_id, run.job.attempt) != (rec.job_id, rec.attempt):
             # the run moved on since its job was queued: nothing to send
