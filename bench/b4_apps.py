@@ -176,9 +176,7 @@ class AppsStack:
             th.join(timeout + 10)
 
     def stop_processor(self) -> None:
-        if self.stack.processor is not None:
-            self.stack.processor.stop()
-            self.stack.processor = None
+        self.stack.stop_processor()
 
     def close(self) -> None:
         self.stop_worker()
@@ -195,10 +193,5 @@ class AppsStack:
         import os
 
         out = {f"bench ({len(self.app_of)} workers + senders)": os.getpid()}
-        p = self.stack.processor
-        if p is not None and p.proc is not None:
-            out["processor"] = p.proc.pid
-        b = self.stack.broker
-        if b is not None and getattr(b, "_proc", None) is not None:
-            out["broker"] = b._proc.pid
+        out.update(self.stack.child_pids())
         return out

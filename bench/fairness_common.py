@@ -191,9 +191,7 @@ class FairStack:
             stop_worker_quietly(w, timeout)
 
     def stop_processor(self) -> None:
-        if self.stack.processor is not None:
-            self.stack.processor.stop()
-            self.stack.processor = None
+        self.stack.stop_processor()
 
     def close(self) -> None:
         self.stop_worker()
@@ -207,12 +205,7 @@ class FairStack:
 
     def pids(self) -> dict[str, int]:
         out = {"bench (worker + senders)": os.getpid()}
-        p = self.stack.processor
-        if p is not None and p.proc is not None:
-            out["processor"] = p.proc.pid
-        b = self.stack.broker
-        if b is not None and getattr(b, "_proc", None) is not None:
-            out["broker"] = b._proc.pid
+        out.update(self.stack.child_pids())
         return out
 
 

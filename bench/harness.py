@@ -83,6 +83,22 @@ class BenchStack:
         self.timings["processor_s"] = time.monotonic() - t0
         return self.processor
 
+    def stop_processor(self) -> None:
+        if self.processor is not None:
+            self.processor.stop()
+            self.processor = None
+
+    def child_pids(self) -> dict[str, int]:
+        """The processor's and the local broker's pids, for CPU figures."""
+        out: dict[str, int] = {}
+        p = self.processor
+        if p is not None and p.proc is not None:
+            out["processor"] = p.proc.pid
+        b = self.broker
+        if b is not None and getattr(b, "_proc", None) is not None:
+            out["broker"] = b._proc.pid
+        return out
+
     def check_processor(self) -> None:
         """Raise if the processor child died (a real error)."""
         p = self.processor
