@@ -353,6 +353,7 @@ class DispatchStage:
         rec = rec.model_copy(update={"phase": "inflight", "started": True, "lease_id": ticket.lease_id,
                                      "lease_expires": expires, "dispatches": rec.dispatches + 1})
         self._put_record(dp, rec, run_id)
+        self._flush_records()  # the record says "in flight" before the job can be seen
         dp.inflight[rec.app_id] += 1
         dp.inflight_fn[(rec.app_id, rec.function_id)] += 1
         heapq.heappush(dp.leases, (expires, run_id, ticket.lease_id))

@@ -290,7 +290,14 @@ class Processor(FlowStage, DispatchStage):
                          partition_for(run.app_id, self.settings.partitions))
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
-        """Hand a record to faust's producer; its flush before each commit awaits the ack."""
+        """Hand a record to faust's producer; its flush before each commit awaits the ack.
+
+        Table writes wait in faust's producer buffer; they go to the producer first, so an
+        output never reaches the broker ahead of the state it follows from (a crash between
+        the two would replay the command against older state and, say, run a step twice)."""
+        buffer = self.app.producer.buffer
+        if buffer.size:
+            await buffer.flush()
         topic = self._out_topics.get(topic_name)
         if topic is None:
             topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")
