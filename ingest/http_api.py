@@ -7,6 +7,8 @@
 * ``GET /v1/events/{event_id}/runs`` — the runs an event started.
 * ``GET /v1/functions/{app}/{fn}/queue`` — the dispatcher's backlog, in-flight count and
   why waiting runs wait (published by the processors about once a second).
+* ``DELETE /v1/runs/{run_id}``, ``POST /v1/cancellations``, ``GET /v1/cancellations/{id}`` —
+  cancel one run, or a function's runs by creation time and expression (:mod:`.cancellations`).
 
 Event keys are never logged in full: uvicorn's access log is off and requests are logged
 here with the key masked.
@@ -29,18 +31,22 @@ from pydantic import BaseModel, Field
 
 from .. import limits
 from ..errors import BrokerUnavailable, InvalidInput, LimitExceeded, NotFound, SluicegateError, Unauthorized
+from ..partitioning import function_key
 from ..events import validate_events
 from ..kafka_clients import AsyncProducer, CompactedView
 from ..settings import Settings
 from ..topics import ensure_core_topics
 from ..wire import RunView
+from .cancellations import (Cancellation, CancellationIn, CancellationLog, Conflict, ErrorBody, RunCancelling,
+                            accepted, cancel_run_command, parse_cancellation)
 from .event_keys import EventKeys, mask
 from .run_views import RunViewFollower
 from .schedule_wait import EventSchedule, ScheduleWaiter
 
 log = logging.getLogger("sluicegate.ingest")
 
-_STATUS = {InvalidInput: 400, LimitExceeded: 413, Unauthorized: 401, NotFound: 404, BrokerUnavailable: 503}
+_STATUS = {InvalidInput: 400, LimitExceeded: 413, Unauthorized: 401, NotFound: 404, Conflict: 409,
+           BrokerUnavailable: 503}
 
 
 class Accepted(BaseModel):
@@ -80,7 +86,7 @@ def _status_of(exc: SluicegateError) -> int:
 
 def create_api(settings: Settings, *, keys: EventKeys | None = None,
                run_views: RunViewFollower | None = None) -> FastAPI:
-    state: dict[str, Any] = {}
+    state: dict[str, Any] = {"cancellations": CancellationLog()}
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -105,6 +111,7 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
 
     app = FastAPI(title="Sluicegate", version="0.1.0", lifespan=lifespan,
                   description="Webhook bridge and runs API of Sluicegate.")
+    app.state.sluicegate = state  # the running components (tests put stand-ins here)
 
     @app.exception_handler(SluicegateError)
     async def _error(_req: Request, exc: SluicegateError) -> JSONResponse:
@@ -178,6 +185,62 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         if not isinstance(found, dict):
             return QueueStats(app_id=app_id, function_id=function_id)
         return QueueStats.model_validate(found)
+
+    async def _send_command(app_id: str, function_id: str, value: bytes) -> None:
+        # the function processor's key: one writer per function, in order with its other commands
+        await state["producer"].send_many(settings.commands_topic, [(function_key(app_id, function_id), value)],
+                                          settings.partitions)
+
+    @app.delete("/v1/runs/{run_id}", status_code=202, response_model=RunCancelling,
+                dependencies=[Depends(_api_auth)], summary="Cancel one run",
+                description=(
+                    "Cancels a run that has not ended: it ends `cancelled` and no further step is "
+                    "dispatched; a step already executing finishes and its result is discarded. Answers once "
+                    "the broker acknowledged the command; `GET /v1/runs/{run_id}` shows `cancelled` when the "
+                    "engine applied it. Repeating the call before then is harmless. 404: no such run (yet); "
+                    "409: the run already ended (the error names its `status`)."),
+                responses={404: {"model": ErrorBody, "description": "unknown run"},
+                           409: {"model": ErrorBody, "description": "the run already ended"}})
+    async def cancel_run(run_id: str) -> RunCancelling:
+        view = state["runs"].store.run(run_id)
+        if view is None:
+            raise NotFound(f"no run {run_id!r} (yet)", run_id=run_id)
+        cmd = cancel_run_command(view)  # Conflict if it already ended
+        await _send_command(view.app_id, view.function_id, cmd.dumps())
+        return RunCancelling(run_id=view.run_id)
+
+    @app.post("/v1/cancellations", status_code=202, response_model=Cancellation,
+              dependencies=[Depends(_api_auth)], summary="Cancel a function's runs in bulk",
+              description=(
+                  "Cancels the function's runs not yet ended that were created in "
+                  "`[started_after, started_before)` and whose trigger event passes `if` (CEL over `event`). "
+                  "Times are RFC 3339 date-times with an offset or ms since the epoch. It does not stop new "
+                  "runs from being created. Answers `pending` once the broker acknowledged the command; "
+                  "follow it with `GET /v1/cancellations/{id}`. 400 names the field at fault."),
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                  "schema": CancellationIn.model_json_schema(by_alias=True)}}}},
+              responses={400: {"model": ErrorBody, "description": "invalid request; `error.field` names the field"}})
+    async def create_cancellation(request: Request) -> Cancellation:
+        cmd = parse_cancellation(await request.body())
+        await _send_command(cmd.app_id, cmd.function_id, cmd.dumps())
+        item = accepted(cmd)
+        state["cancellations"].add(item)
+        return item
+
+    @app.get("/v1/cancellations/{cancellation_id}", response_model=Cancellation,
+             dependencies=[Depends(_api_auth)], summary="A bulk cancellation: pending, or done with its count",
+             description=(
+                 "`done` with `cancelled` (how many runs it cancelled) once the engine applied it. `pending` "
+                 "is known only to the API process that accepted the request (and is forgotten by a restart); "
+                 "elsewhere an accepted but not yet applied cancellation answers 404."),
+             responses={404: {"model": ErrorBody, "description": "unknown (or not applied yet, see above)"}})
+    async def get_cancellation(cancellation_id: str) -> Cancellation:
+        stats = state["stats"].items if "stats" in state else {}
+        found = state["cancellations"].status(cancellation_id, stats)
+        if found is None:
+            raise NotFound(f"no cancellation {cancellation_id!r} (or it is not applied yet)",
+                           cancellation_id=cancellation_id)
+        return found
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:

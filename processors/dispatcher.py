@@ -23,6 +23,7 @@ Everything here runs inside the ``sg.commands`` agent (one writer per partition)
 from __future__ import annotations
 
 import heapq
+import json
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any
 
 from ..partitioning import partition_for
 from ..settings import Settings
+from ..state.codecs import timer_key
 from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
 from ..topics import ensure_work_topic
@@ -41,7 +43,7 @@ from .dispatch.fair_selection import FairState, Item, Weights
 from .dispatch.pump import Ticket, pump
 from .dispatch.run_keys import partitions_sharing, run_keys
 from .flow.rate_limit import GcraState
-from .run_decisions import job_for
+from .run_decisions import finish_timeout_timer, job_for
 
 log = logging.getLogger("sluicegate.dispatcher")
 
@@ -90,6 +92,8 @@ class DispatchStage:
     runs: Any
     flow: Any
     dispatch: Any
+    timers: Any
+    _heap: list[tuple[int, str, bytes]]
     registry: Any
     app: Any
     _work_topics: set[str]
@@ -103,6 +107,11 @@ class DispatchStage:
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
         raise NotImplementedError
+
+    def _set_run_timer(self, run: RunState, timer_id: str, due_ms: int) -> None:
+        value = json.dumps({"app_id": run.app_id, "function_id": run.function_id, "run_id": run.run_id}).encode()
+        self.timers[timer_key(due_ms, timer_id)] = value
+        heapq.heappush(self._heap, (due_ms, timer_id, value))
 
     # -- state -----------------------------------------------------------------------------
 
@@ -216,6 +225,8 @@ class DispatchStage:
         rec = dp.records.get(run.run_id)
         if rec is None:
             return
+        if rec.finish_due is not None:
+            self.timers.pop(timer_key(rec.finish_due, f"{run.run_id}:timeout-finish"), None)
         dp.backlogs.remove(run.run_id)
         dp.tickets.pop(run.run_id, None)
         dp.cc = cc.release_run(dp.cc, run.run_id)
@@ -350,7 +361,13 @@ class DispatchStage:
                              run_id)
             return
         expires = now + self.settings.lease_ms
-        rec = rec.model_copy(update={"phase": "inflight", "started": True, "lease_id": ticket.lease_id,
+        finish_due = rec.finish_due
+        if not rec.started:
+            timer = finish_timeout_timer(run, now)  # the finish timeout runs from the first dispatch
+            if timer is not None:
+                self._set_run_timer(run, *timer)
+                finish_due = timer[1]
+        rec = rec.model_copy(update={"phase": "inflight", "started": True, "finish_due": finish_due, "lease_id": ticket.lease_id,
                                      "lease_expires": expires, "dispatches": rec.dispatches + 1})
         self._put_record(dp, rec, run_id)
         self._flush_records()  # the record says "in flight" before the job can be seen

@@ -43,13 +43,16 @@ from ..state.codecs import parse_timer_key, timer_key
 from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
-from ..wire import (AnyCommand, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat, StepOutcome,
-                    TimerFired, Trigger, command_adapter)
+from ..wire import (AnyCommand, CancelRun, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition,
+                    Heartbeat, StepOutcome, TimerFired, Trigger, WaitResolved, command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .flow_stage import FlowStage
-from .routing import TriggerIndex, triggers_for
-from .run_decisions import Decision, DeleteTimer, Dispatch, StartTimer, decide
+from .routing import TriggerIndex, run_id_for, triggers_for
+from ..system_events import FINISHED_EVENT, INVOKED_EVENT
+from .run_decisions import (Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
+                            RegisterWait, StartTimer, cancel, decide)
+from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
 
 log = logging.getLogger("sluicegate.processor")
 
@@ -67,7 +70,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(","))
 
 
-class Processor(FlowStage, DispatchStage):
+class Processor(FlowStage, DispatchStage, WaitRouter):
     """Holds the faust app and its helpers; ``create_app`` builds one."""
 
     def __init__(self, settings: Settings) -> None:
@@ -105,6 +108,12 @@ class Processor(FlowStage, DispatchStage):
         self.flow = self.app.Table("flow", key_type=bytes, value_type=bytes, partitions=s.partitions)
         # the dispatcher's record of every active run: state/dispatch_record.py
         self.dispatch = self.app.Table("dispatch", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        # the router's live waiters (wait_for_event, invoke results, cancel_on): processors/wait_router.py
+        self.waits = self.app.Table("waits", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self._wait_index = {}
+        self._lookback = {}
+        self._waits_dirty = True
+        self._swept_at = {}
         self._dispatchers: dict[int, PartitionDispatch] = {}
         self._dispatch_dirty = True
         self._rebalance_ticks_due = True
@@ -137,6 +146,7 @@ class Processor(FlowStage, DispatchStage):
         async def _rebalanced(sender: object = None, **kw: object) -> None:
             self._heap_dirty = True
             self._dispatch_dirty = True
+            self._waits_dirty = True
             self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
             log.info("processor: rebalance complete, active partitions recovered")
@@ -158,27 +168,74 @@ class Processor(FlowStage, DispatchStage):
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
     async def _route(self, stream: faust.StreamT) -> None:
-        loop = asyncio.get_running_loop()
-        async for value in stream:
-            assert self.registry is not None, "start_registry() first"
+        async for record in stream.events():
+            value, partition, offset = record.value, record.message.partition, record.message.offset
             try:
-                event = EventRecord.model_validate_json(value)
-            except ValueError:
-                log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
-                continue
+                if value.startswith(CONTROL_PREFIX):
+                    await self._on_wait_control(value, partition, offset)
+                    continue
+                try:
+                    event = EventRecord.model_validate_json(value)
+                except ValueError:
+                    log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
+                    continue
+                await self._match_waits(event, partition, offset)
+                await self._route_event(event)
+            except Exception:
+                log.critical("router: failed on a record; stopping the processor", exc_info=True)
+                os._exit(70)
+
+    async def _route_event(self, event: EventRecord) -> None:
+        assert self.registry is not None, "start_registry() first"
+        if event.name == INVOKED_EVENT:
+            await self._route_invoke(event)
+            return
+        loop = asyncio.get_running_loop()
+        functions = self.index.match(event)
+        if not functions and now_ms() - event.received_at < LIVE_EVENT_WINDOW_MS \
+                and self.registry.caught_up_at * 1000 <= event.received_at:
+            # A function registered just before this event may not be in our view yet.
+            await loop.run_in_executor(None, self.registry.wait_caught_up,
+                                       event.received_at / 1000, REGISTRY_WAIT_S)
             functions = self.index.match(event)
-            if not functions and now_ms() - event.received_at < LIVE_EVENT_WINDOW_MS \
-                    and self.registry.caught_up_at * 1000 <= event.received_at:
-                # A function registered just before this event may not be in our view yet.
-                await loop.run_in_executor(None, self.registry.wait_caught_up,
-                                           event.received_at / 1000, REGISTRY_WAIT_S)
-                functions = self.index.match(event)
-            if not functions:
-                continue
-            for trig in triggers_for(event, functions):
-                key = function_key(trig.app_id, trig.function_id)
-                await self._send(self.settings.commands_topic, key, trig.dumps(),
-                                 partition_for(key, self.settings.partitions))
+        if not functions:
+            return
+        for trig in triggers_for(event, functions):
+            key = function_key(trig.app_id, trig.function_id)
+            await self._send(self.settings.commands_topic, key, trig.dumps(),
+                             partition_for(key, self.settings.partitions))
+
+    async def _route_invoke(self, event: EventRecord) -> None:
+        """``sluicegate/function.invoked`` starts exactly the function it names (triggers do not
+        apply); an unknown function answers the caller at once with a failed ``finished``."""
+        assert self.registry is not None
+        meta = event.data.get("_sluicegate") if isinstance(event.data.get("_sluicegate"), dict) else {}
+        fn_id = str(meta.get("function_id") or "")
+        fn = self.registry.items.get(function_key(event.app_id, fn_id))
+        if not isinstance(fn, FunctionDefinition) and now_ms() - event.received_at < LIVE_EVENT_WINDOW_MS:
+            await asyncio.get_running_loop().run_in_executor(None, self.registry.wait_caught_up,
+                                                             event.received_at / 1000, REGISTRY_WAIT_S)
+            fn = self.registry.items.get(function_key(event.app_id, fn_id))
+        if isinstance(fn, FunctionDefinition):
+            trig = Trigger(app_id=fn.app_id, function_id=fn.function_id, function=fn, events=[event],
+                           run_id=run_id_for(fn.app_id, fn.function_id, event.id))
+            key = function_key(fn.app_id, fn.function_id)
+            await self._send(self.settings.commands_topic, key, trig.dumps(), partition_for(key, self.settings.partitions))
+            return
+        caller = meta.get("caller") or {}
+        log.warning("invoke: function %s/%s is not registered; the caller's step fails", event.app_id, fn_id)
+        reply = EventRecord(
+            app_id=str(caller.get("app_id") or event.app_id), id=f"{event.id}-not-found", name=FINISHED_EVENT,
+            ts=now_ms(), received_at=now_ms(),
+            data={"function_id": f"{event.app_id}-{fn_id}", "correlation_id": meta.get("correlation_id"),
+                  "error": {"name": "FunctionNotFound",
+                            "message": f"no function {fn_id!r} is registered in app {event.app_id!r}"},
+                  "_sluicegate": {"status": "failed"}})
+        await self._emit(reply)
+
+    async def _emit(self, event: EventRecord) -> None:
+        await self._send(self.settings.events_topic, event.app_id, event.dumps(),
+                         partition_for(event.app_id, self.settings.partitions))
 
     # -- function processor: sg.commands -> state, sg.work.<app>, sg.runs ------------------
 
@@ -222,13 +279,21 @@ class Processor(FlowStage, DispatchStage):
                 await self._apply(decision, partition)
             return
         assert not isinstance(cmd, CronSync)
+        if isinstance(cmd, CancelRuns):
+            await self._cancel_many(cmd, partition, now)
+            return
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         if isinstance(cmd, Trigger) and run is None:
             for decision in self._schedule(cmd, now):
                 await self._apply(decision, partition)
             return
-        decision = decide(run, cmd, now)
+        rec = self._dp(partition).records.get(cmd.run_id)
+        started = rec.started if rec is not None else (
+            run is not None and (run.job_seq > 1 or bool(run.steps) or run.pending is not None))
+        decision = decide(run, cmd, now, started=started)
+        if isinstance(cmd, TimerFired) and cmd.due_ms is not None:
+            self.timers.pop(timer_key(cmd.due_ms, cmd.timer_id), None)  # fired: gone, stale or not
         if isinstance(cmd, StepOutcome):
             self._on_outcome_lease(cmd, decision.changed, partition)
         await self._apply(decision, partition)
@@ -257,12 +322,61 @@ class Processor(FlowStage, DispatchStage):
                 heapq.heappush(self._heap, (action.due_ms, action.timer_id, value))
             elif isinstance(action, DeleteTimer):
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
+            elif isinstance(action, RegisterWait):
+                app = action.waiter.app_id
+                await self._send(self.settings.events_topic, app, control_add(action.waiter),
+                                 partition_for(app, self.settings.partitions))
+            elif isinstance(action, DropWait):
+                await self._send(self.settings.events_topic, action.app_id, control_drop(action.wait_id),
+                                 partition_for(action.app_id, self.settings.partitions))
+            elif isinstance(action, EmitEvent):
+                if self._listened(action.event):
+                    await self._emit(action.event)
         if state.finished:
             self._run_finished(state, partition)
         self._views[state.run_id] = state  # sent after the window refill: _send_views
         if state.finished and state.singleton_key is not None:
             for follow_up in self._on_run_end(state, now_ms()):
                 await self._apply(follow_up, partition)
+
+    def _listened(self, event: EventRecord) -> bool:
+        """``function.finished`` goes out only when an invoking caller or a function listens
+        (one more record per run otherwise); every other event always does."""
+        if event.name != FINISHED_EVENT or event.data.get("correlation_id"):
+            return True
+        return bool(self.index.match(event))
+
+    async def _cancel_many(self, cmd: CancelRuns, partition: int, now: int) -> None:
+        """Bulk cancellation: every run of the function on this partition that has not ended,
+        was created in the range and whose first event passes ``if_exp``; then the count goes
+        to ``sg.stats`` (``cancellation/<id>``) for the API."""
+        from ..expressions import ExpressionError, evaluate
+
+        dp = self._dp(partition)
+        candidates = [r.run_id for r in list(dp.records.values())
+                      if (r.app_id, r.function_id) == (cmd.app_id, cmd.function_id) and not r.run_ended
+                      and (cmd.started_after is None or r.enqueued_at >= cmd.started_after)
+                      and r.enqueued_at < cmd.started_before]
+        n = 0
+        for run_id in candidates:
+            run = self._run(run_id)
+            if run is None or run.finished:
+                continue
+            if cmd.if_exp:
+                try:
+                    if evaluate(cmd.if_exp, {"event": run.events[0] if run.events else {}}) is not True:
+                        continue
+                except ExpressionError:
+                    continue
+            decision = cancel(run, f"bulk cancellation {cmd.cancellation_id}", now, by="bulk")
+            if decision.changed:
+                n += 1
+                await self._apply(decision, partition)
+        log.info("cancellation %s: cancelled %d run(s) of %s/%s", cmd.cancellation_id, n, cmd.app_id, cmd.function_id)
+        body = {"id": cmd.cancellation_id, "app_id": cmd.app_id, "function_id": cmd.function_id, "cancelled": n,
+                "at": now_ms()}
+        await self._send(self.settings.topic("stats"), f"cancellation/{cmd.cancellation_id}",
+                         json.dumps(body).encode(), 0)
 
     async def _send_views(self, partition: int) -> None:
         """Publish the run views of this command, each with why it still waits, if it does."""
@@ -345,6 +459,7 @@ class Processor(FlowStage, DispatchStage):
         while self._heap and self._heap[0][0] <= now:
             _due, timer_id, value = heapq.heappop(self._heap)
             target = json.loads(value)
+            target.setdefault("due_ms", _due)
             cmd = TimerFired(timer_id=timer_id, **target)
             key = function_key(cmd.app_id, cmd.function_id)
             await self._send(self.settings.commands_topic, key, cmd.dumps(),
@@ -370,7 +485,7 @@ class Processor(FlowStage, DispatchStage):
         self._stats_sent = current
 
 
-TABLES = ("runs", "timers", "flow", "dispatch")
+TABLES = ("runs", "timers", "flow", "dispatch", "waits")
 
 
 def changelog_topics(settings: Settings) -> list[NewTopic]:

@@ -13,18 +13,41 @@ A run has at most one job at a time (parallel steps are a later issue). Life of 
    are spent or the error is non-retriable, memoizes the step's error (the function sees a
    ``StepError`` on its next call) or fails the run (an error outside any step).
 3. Outcomes for any other (job, attempt) are duplicates or stale: ignored — first result wins.
+
+Durable steps (no job runs while they last; ``RunState.pending``):
+
+* ``sleep`` — a timer; when it fires the step is memoized as ``null`` and the next job goes.
+* ``wait`` — a :class:`RegisterWait` for the router of the run's app (it sees every event of
+  the app in order, plus a lookback of events accepted since the job became ready, so an
+  event sent right after the trigger is not missed) and a timeout timer. ``WaitResolved``
+  memoizes the event; the timer memoizes ``null`` and drops the waiter.
+* ``invoke`` — emits ``sluicegate/function.invoked`` for the callee and waits for the
+  callee's ``sluicegate/function.finished`` (same correlation id); its ``error`` becomes the
+  step's error, a timeout the error ``InvokeTimeout`` (the callee is not cancelled).
+
+Lifecycle: ``cancel_on`` entries are waiters registered when the run is created; timeouts
+are timers (``:timeout-start`` at creation, ``:timeout-finish`` set by the dispatcher at
+the first dispatch). A run that ends drops its waiters and timers and emits the system
+events (:func:`end_events`).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 from .. import limits
-from ..state.run_state import CurrentJob, RunState, StepRecord
-from ..wire import ErrorInfo, Job, StepAttemptView, StepOutcome, TimerFired, Trigger
-from .backoff import retry_delay_ms
+from ..durations import MAX_SLEEP_MS
+from ..expressions import InvalidExpression
+from ..system_events import CANCELLED_EVENT, END_EVENTS, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT
+from ..state.run_state import CurrentJob, PendingStep, RunState, StepRecord
+from ..wire import (CancelRun, ErrorInfo, EventRecord, Job, StepAttemptView, StepOutcome, TimerFired, Trigger,
+                    WaitResolved)
+from .backoff import delay_after_failure
+from .event_waits import InvalidMatch, Waiter, make_waiter
+
+MAX_END_EVENT_EVENTS_BYTES = 256 * 1024  # a system event carries the run's events up to this size
 
 
 @dataclass(frozen=True)
@@ -53,7 +76,26 @@ class DeleteTimer:
     due_ms: int
 
 
-Action = Union[Dispatch, StartTimer, DeleteTimer]
+@dataclass(frozen=True)
+class RegisterWait:
+    kind: Literal["register_wait"]
+    waiter: Waiter
+
+
+@dataclass(frozen=True)
+class DropWait:
+    kind: Literal["drop_wait"]
+    app_id: str
+    wait_id: str
+
+
+@dataclass(frozen=True)
+class EmitEvent:
+    kind: Literal["emit_event"]
+    event: EventRecord
+
+
+Action = Union[Dispatch, StartTimer, DeleteTimer, RegisterWait, DropWait, EmitEvent]
 
 
 @dataclass
@@ -86,10 +128,11 @@ def _dispatch(run: RunState, now_ms: int) -> Dispatch:
     return Dispatch("dispatch", DispatchRef(run.job.job_id, run.job.attempt))
 
 
-def _next_job(run: RunState, now_ms: int) -> Dispatch:
+def _next_job(run: RunState, now_ms: int, since_ms: int | None = None) -> Dispatch:
     seq = run.job_seq
     run.job_seq += 1
-    run.job = CurrentJob(job_id=_job_id(run.run_id, seq), seq=seq, attempt=0)
+    run.job = CurrentJob(job_id=_job_id(run.run_id, seq), seq=seq, attempt=0,
+                         since_ms=now_ms if since_ms is None else since_ms)
     return _dispatch(run, now_ms)
 
 
@@ -107,17 +150,52 @@ def _new_run(cmd: Trigger, status: Literal["running", "queued"], now_ms: int, si
         run_id=cmd.run_id, app_id=cmd.app_id, function_id=cmd.function_id, function=cmd.function,
         status=status, events=[e.as_payload() for e in cmd.events], event_ids=[e.id for e in cmd.events],
         created_at=now_ms, started_at=now_ms if status == "running" else None, singleton_key=singleton_key,
+        received_at=min((e.received_at for e in cmd.events), default=now_ms),
     )
+
+
+def start_timeout_timer(run: RunState) -> tuple[str, int] | None:
+    t = run.function.timeouts
+    if t is None or t.start_ms is None:
+        return None
+    return f"{run.run_id}:timeout-start", run.created_at + t.start_ms
+
+
+def finish_timeout_timer(run: RunState, first_dispatch_ms: int) -> tuple[str, int] | None:
+    """The finish timeout's timer, set by the dispatcher when the run's first job leaves."""
+    t = run.function.timeouts
+    if t is None or t.finish_ms is None:
+        return None
+    return f"{run.run_id}:timeout-finish", first_dispatch_ms + t.finish_ms
+
+
+def _lifecycle(run: RunState) -> list[Action]:
+    """A new run's ``cancel_on`` waiters (events accepted after its trigger) and start timeout."""
+    actions: list[Action] = []
+    trigger = run.events[0] if run.events else None
+    for i, entry in enumerate(run.function.cancel_on):
+        waiter = make_waiter(
+            wait_id=f"{run.run_id}:cancel:{i}", app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
+            event=entry.event, since_ms=run.received_at, expires_ms=run.created_at + entry.timeout_ms,
+            trigger_event=trigger, match=entry.match, if_exp=entry.if_exp, purpose="cancel")
+        run.cancel_waits.append(waiter.wait_id)
+        actions.append(RegisterWait("register_wait", waiter))
+    timer = start_timeout_timer(run)
+    if timer is not None:
+        actions.append(StartTimer("start_timer", *timer))
+    return actions
 
 
 def start(cmd: Trigger, now_ms: int, singleton_key: str | None = None) -> Decision:
     run = _new_run(cmd, "running", now_ms, singleton_key)
-    return Decision(run, [_next_job(run, now_ms)], changed=True)
+    actions = _lifecycle(run)
+    return Decision(run, [*actions, _next_job(run, now_ms, since_ms=run.received_at)], changed=True)
 
 
 def queued(cmd: Trigger, now_ms: int, singleton_key: str | None) -> Decision:
     """A run that waits (singleton ``queue`` mode) until :func:`release` starts it."""
-    return Decision(_new_run(cmd, "queued", now_ms, singleton_key), changed=True)
+    run = _new_run(cmd, "queued", now_ms, singleton_key)
+    return Decision(run, _lifecycle(run), changed=True)
 
 
 def release(run: RunState, now_ms: int) -> Decision:
@@ -127,7 +205,7 @@ def release(run: RunState, now_ms: int) -> Decision:
     run = _copy_for_update(run)
     run.status = "running"
     run.started_at = now_ms
-    return Decision(run, [_next_job(run, now_ms)], changed=True)
+    return Decision(run, [_next_job(run, now_ms, since_ms=run.received_at)], changed=True)
 
 
 def skip_queued(run: RunState, reason: str, detail: str, now_ms: int) -> Decision:
@@ -136,11 +214,11 @@ def skip_queued(run: RunState, reason: str, detail: str, now_ms: int) -> Decisio
         return Decision(run, note="not queued")
     run = _copy_for_update(run)
     run.status, run.ended_at, run.skip_reason, run.skip_detail = "skipped", now_ms, reason, detail
-    return Decision(run, changed=True)
+    return _ended(Decision(run, changed=True), now_ms)
 
 
-def cancel(run: RunState, reason: str, now_ms: int) -> Decision:
-    """Cancel a run that has not finished: its queued work and retry timer are dropped; a
+def cancel(run: RunState, reason: str, now_ms: int, by: str = "api") -> Decision:
+    """Cancel a run that has not finished: its queued work, timers and waits are dropped; a
     step executing now finishes, but its outcome finds no job and is discarded."""
     if run.finished:
         return Decision(run, note="already finished")
@@ -150,7 +228,75 @@ def cancel(run: RunState, reason: str, now_ms: int) -> Decision:
         actions.append(DeleteTimer("delete_timer", run.job.retry_timer, run.job.retry_due))
     run.status, run.ended_at, run.job = "cancelled", now_ms, None
     run.error = ErrorInfo(name="Cancelled", message=reason)
-    return Decision(run, actions, changed=True)
+    run.cancelled_by = by
+    return _ended(Decision(run, actions, changed=True), now_ms)
+
+
+# -- the end of a run: drop what it still holds, announce it ----------------------------------
+
+
+def _ended(decision: Decision, now_ms: int) -> Decision:
+    """A decision that ended its run: add the clean-up and the system events."""
+    run = decision.state
+    assert run is not None and run.finished
+    if run.pending is not None:
+        p = run.pending
+        decision.actions.append(DeleteTimer("delete_timer", p.timer_id, p.due_ms))
+        if p.wait_id is not None:
+            decision.actions.append(DropWait("drop_wait", p.wait_app or run.app_id, p.wait_id))
+        run.pending = None
+    for wait_id in run.cancel_waits:
+        decision.actions.append(DropWait("drop_wait", run.app_id, wait_id))
+    timer = start_timeout_timer(run)
+    if timer is not None:
+        decision.actions.append(DeleteTimer("delete_timer", *timer))
+    decision.actions.extend(EmitEvent("emit_event", e) for e in end_events(run, now_ms))
+    return decision
+
+
+def _invocation(run: RunState) -> dict[str, Any] | None:
+    first = run.events[0] if run.events else {}
+    if first.get("name") != INVOKED_EVENT:
+        return None
+    meta = (first.get("data") or {}).get("_sluicegate")
+    return meta if isinstance(meta, dict) else None
+
+
+def end_events(run: RunState, now_ms: int) -> list[EventRecord]:
+    """``sluicegate/function.finished`` for every run that ends (an invoked run's goes to its
+    caller's app, with the invoke's correlation id), plus ``.failed`` or ``.cancelled``
+    (reference §1: a cancelled run does not also emit ``failed``). A skipped run emits only
+    when it was invoked (its caller waits). Runs started by these events emit none, so a
+    failure handler cannot feed itself. The processor leaves out ``finished`` events that
+    no function and no caller listens to."""
+    first = run.events[0] if run.events else {}
+    if first.get("name") in END_EVENTS:
+        return []
+    invocation = _invocation(run)
+    if run.status == "skipped" and invocation is None:
+        return []
+    data: dict[str, Any] = {"function_id": f"{run.app_id}-{run.function_id}", "app_id": run.app_id,
+                            "run_id": run.run_id, "event": first}
+    if len(json.dumps(run.events, default=str)) <= MAX_END_EVENT_EVENTS_BYTES:
+        data["events"] = run.events
+    if run.status == "completed":
+        data["result"] = run.output
+    elif run.status == "skipped":
+        data["error"] = {"name": "FunctionSkipped", "message": f"the run was skipped: {run.skip_reason}"
+                         + (f" ({run.skip_detail})" if run.skip_detail else "")}
+    else:
+        data["error"] = (run.error or ErrorInfo()).model_dump(exclude_none=True)
+    if invocation is not None and invocation.get("correlation_id"):
+        data["correlation_id"] = invocation["correlation_id"]
+    data["_sluicegate"] = {"status": run.status}
+    caller_app = ((invocation or {}).get("caller") or {}).get("app_id") or run.app_id
+    out = [EventRecord(app_id=caller_app, id=f"{run.run_id}-finished", name=FINISHED_EVENT, data=data,
+                       ts=now_ms, received_at=now_ms)]
+    if run.status in ("failed", "cancelled"):
+        out.append(EventRecord(app_id=run.app_id, id=run.run_id,
+                               name=FAILED_EVENT if run.status == "failed" else CANCELLED_EVENT,
+                               data=data, ts=now_ms, received_at=now_ms))
+    return out
 
 
 def skipped(cmd: Trigger, reason: str, detail: str, now_ms: int) -> Decision:
@@ -167,6 +313,111 @@ def _limit_error(message: str) -> ErrorInfo:
     return ErrorInfo(name="LimitExceeded", message=message)
 
 
+def _memoize(run: RunState, step_hash: str, step_id: str, now_ms: int, *, output: Any = None,
+             error: ErrorInfo | None = None, attempts: list[StepAttemptView] | None = None) -> bool:
+    """Record a step's result; False (and the run failed) when a run limit is exceeded."""
+    size = len(json.dumps(output, default=str)) if error is None else 0
+    if len(run.steps) >= limits.MAX_STEPS_PER_RUN:
+        _finish(run, "failed", now_ms, error=_limit_error(
+            f"steps: a run may have at most {limits.MAX_STEPS_PER_RUN} steps"))
+        return False
+    if run.state_bytes + size > limits.MAX_RUN_STATE_BYTES:
+        _finish(run, "failed", now_ms, error=_limit_error(
+            f"run state: step outputs may total at most {limits.MAX_RUN_STATE_BYTES} bytes"))
+        return False
+    run.steps[step_hash] = StepRecord(hash=step_hash, id=step_id, status="failed" if error else "completed",
+                                      output=output, error=error, size=size, attempts=attempts or [])
+    run.step_order.append(step_hash)
+    run.state_bytes += size
+    return True
+
+
+def _begin_durable(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
+    """A call planned a sleep, a wait or an invoke: the engine carries it out, no job runs."""
+    assert run.job is not None and cmd.step_hash is not None
+    h, step_id, job = cmd.step_hash, cmd.step_id or cmd.step_hash, run.job
+    if cmd.op == "sleep":
+        due = cmd.until_ms if cmd.until_ms is not None else cmd.ended_at + (cmd.duration_ms or 0)
+        if due - now_ms > MAX_SLEEP_MS:
+            _finish(run, "failed", now_ms, error=_limit_error(f"step {step_id!r}: a sleep may last at most 366 days"))
+            return Decision(run, changed=True)
+        if due <= now_ms:  # a time in the past: no delay
+            if not _memoize(run, h, step_id, now_ms):
+                return Decision(run, changed=True)
+            return Decision(run, [_next_job(run, now_ms)], changed=True)
+        run.pending = PendingStep(kind="sleep", hash=h, id=step_id, timer_id=f"{job.job_id}:sleep", due_ms=due,
+                                  started_at=now_ms)
+        run.job = None
+        return Decision(run, [StartTimer("start_timer", run.pending.timer_id, due)], changed=True)
+
+    timeout = min(cmd.timeout_ms or MAX_SLEEP_MS, MAX_SLEEP_MS)
+    wait_id = f"{run.run_id}:{h}"
+    actions: list[Action] = []
+    try:
+        if cmd.op == "wait":
+            waiter = make_waiter(
+                wait_id=wait_id, app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
+                event=cmd.wait_event or "", since_ms=min(job.since_ms or now_ms, cmd.started_at),
+                expires_ms=cmd.ended_at + timeout, trigger_event=run.events[0] if run.events else None,
+                match=cmd.wait_match, if_exp=cmd.wait_if, purpose="step")
+        else:
+            correlation = f"{run.run_id}.{h[:16]}"
+            waiter = make_waiter(
+                wait_id=wait_id, app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
+                event=FINISHED_EVENT, since_ms=now_ms, expires_ms=now_ms + timeout, trigger_event=None,
+                if_exp=f"async.data.correlation_id == {json.dumps(correlation)}", purpose="invoke")
+            target_app = cmd.invoke_app or run.app_id
+            data = {**(cmd.invoke_data or {}), "_sluicegate": {
+                "function_id": cmd.invoke_function, "correlation_id": correlation,
+                "caller": {"app_id": run.app_id, "function_id": run.function_id, "run_id": run.run_id}}}
+            actions.append(EmitEvent("emit_event", EventRecord(
+                app_id=target_app, id=f"invoke-{correlation}", name=INVOKED_EVENT, data=data, ts=now_ms,
+                received_at=now_ms)))
+    except (InvalidExpression, InvalidMatch) as exc:
+        _finish(run, "failed", now_ms, error=ErrorInfo(name="InvalidExpression", message=f"step {step_id!r}: {exc}"))
+        return Decision(run, changed=True)
+    run.pending = PendingStep(kind="wait" if cmd.op == "wait" else "invoke", hash=h, id=step_id,
+                              timer_id=f"{job.job_id}:{cmd.op}", due_ms=waiter.expires_ms, wait_id=wait_id,
+                              wait_app=run.app_id, started_at=now_ms)
+    run.job = None
+    return Decision(run, [RegisterWait("register_wait", waiter), *actions,
+                          StartTimer("start_timer", run.pending.timer_id, waiter.expires_ms)], changed=True)
+
+
+def _resume(run: RunState, now_ms: int, *, output: Any = None, error: ErrorInfo | None = None,
+            drop_wait: bool = False, timer_fired: bool = False) -> Decision:
+    """The pending durable step has its result: memoize it and queue the next job."""
+    p = run.pending
+    assert p is not None
+    run.pending = None
+    actions: list[Action] = [DeleteTimer("delete_timer", p.timer_id, p.due_ms)]
+    if drop_wait and p.wait_id is not None:
+        actions.append(DropWait("drop_wait", p.wait_app or run.app_id, p.wait_id))
+    if not _memoize(run, p.hash, p.id, now_ms, output=output, error=error):
+        return Decision(run, actions, changed=True)  # decide() adds the end
+    return Decision(run, [*actions, _next_job(run, now_ms)], changed=True)
+
+
+def on_wait_resolved(run: RunState, cmd: WaitResolved, now_ms: int) -> Decision:
+    if run.finished:
+        return Decision(run, note="stale: run ended")
+    if cmd.wait_id in run.cancel_waits:
+        name = cmd.event.get("name", "")
+        decision = cancel(run, f"cancel_on: event {name!r} ({cmd.event.get('id', '')})", now_ms, by="event")
+        return decision
+    p = run.pending
+    if p is None or p.wait_id != cmd.wait_id:
+        return Decision(run, note="stale: no such wait")
+    if p.kind == "wait":
+        return _resume(run, now_ms, output=cmd.event)
+    data = cmd.event.get("data") or {}
+    err = data.get("error")
+    if err is not None:
+        return _resume(run, now_ms, error=ErrorInfo(name=str(err.get("name", "Error")),
+                                                     message=str(err.get("message", "")), stack=err.get("stack")))
+    return _resume(run, now_ms, output=data.get("result"))
+
+
 def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
     job = run.job
     if run.finished or job is None or job.retry_timer is not None:
@@ -179,6 +430,11 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
     if cmd.op == "run_ok":
         _finish(run, "completed", now_ms, output=cmd.data)
         return Decision(run, changed=True)
+
+    if cmd.op in ("sleep", "wait", "invoke"):
+        if cmd.step_hash is None or cmd.step_hash in run.steps:
+            return Decision(run, note="duplicate step")
+        return _begin_durable(run, cmd, now_ms)
 
     if cmd.op == "step_ok":
         assert cmd.step_hash is not None
@@ -207,8 +463,7 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
     error = cmd.error or ErrorInfo()
     attempts_left = cmd.attempt + 1 < run.max_attempts
     if attempts_left and not cmd.no_retry:
-        delay = retry_delay_ms(cmd.attempt, seed=job.job_id, table=run.function.backoff_ms,
-                               jitter_ms=run.function.backoff_jitter_ms, retry_after_ms=cmd.retry_after_ms)
+        delay = delay_after_failure(run.function, cmd.attempt, seed=job.job_id, retry_after_ms=cmd.retry_after_ms)
         job.failed_attempts.append(attempt_view)
         job.retry_timer = f"{job.job_id}:{cmd.attempt + 1}"
         job.retry_due = now_ms + delay
@@ -225,9 +480,31 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
     return Decision(run, changed=True)
 
 
-def on_timer(run: RunState, cmd: TimerFired, now_ms: int) -> Decision:
+def on_timer(run: RunState, cmd: TimerFired, now_ms: int, *, started: bool = True) -> Decision:
+    """A retry, a durable step's or a timeout's timer. ``started``: the run's first job has
+    been dispatched (the dispatcher knows; it decides a start timeout)."""
+    if run.finished:
+        return Decision(run, note="stale timer: run ended")
+    p = run.pending
+    if p is not None and cmd.timer_id == p.timer_id:
+        if p.kind == "sleep":
+            return _resume(run, now_ms)
+        if p.kind == "wait":
+            return _resume(run, now_ms, drop_wait=True)
+        return _resume(run, now_ms, drop_wait=True, error=ErrorInfo(
+            name="InvokeTimeout", message=f"step {p.id!r}: the invoked function did not finish in time"))
+    if cmd.timer_id == f"{run.run_id}:timeout-start":
+        if started:
+            return Decision(run, note="started in time")
+        t = run.function.timeouts
+        secs = (t.start_ms or 0) / 1000 if t else 0
+        return cancel(run, f"timeout: the run did not start within {secs:g} s", now_ms, by="timeout")
+    if cmd.timer_id == f"{run.run_id}:timeout-finish":
+        t = run.function.timeouts
+        secs = (t.finish_ms or 0) / 1000 if t else 0
+        return cancel(run, f"timeout: the run did not finish within {secs:g} s of starting", now_ms, by="timeout")
     job = run.job
-    if run.finished or job is None or job.retry_timer != cmd.timer_id:
+    if job is None or job.retry_timer != cmd.timer_id:
         return Decision(run, note="stale timer")
     due = job.retry_due or now_ms
     job.attempt += 1
@@ -248,7 +525,10 @@ def _copy_for_update(run: RunState) -> RunState:
     })
 
 
-def decide(run: RunState | None, cmd: Trigger | StepOutcome | TimerFired, now_ms: int) -> Decision:
+RunCommand = Union[Trigger, StepOutcome, TimerFired, WaitResolved, CancelRun]
+
+
+def decide(run: RunState | None, cmd: RunCommand, now_ms: int, *, started: bool = True) -> Decision:
     """The one entry point the processor calls for every command of a function's partition."""
     if isinstance(cmd, Trigger):
         if run is not None:
@@ -256,7 +536,17 @@ def decide(run: RunState | None, cmd: Trigger | StepOutcome | TimerFired, now_ms
         return start(cmd, now_ms)
     if run is None:
         return Decision(None, note="unknown run")
+    if isinstance(cmd, CancelRun):
+        return cancel(run, cmd.reason, now_ms, by=cmd.by)
+    was_finished = run.finished
     run = _copy_for_update(run)
     if isinstance(cmd, StepOutcome):
-        return on_outcome(run, cmd, now_ms)
-    return on_timer(run, cmd, now_ms)
+        decision = on_outcome(run, cmd, now_ms)
+    elif isinstance(cmd, WaitResolved):
+        decision = on_wait_resolved(run, cmd, now_ms)
+    else:
+        decision = on_timer(run, cmd, now_ms, started=started)
+    if decision.state is not None and decision.state.finished and not was_finished and decision.changed \
+            and decision.state.cancelled_by is None:
+        return _ended(decision, now_ms)
+    return decision

@@ -2,12 +2,13 @@
 
 from .client import Sluicegate
 from .errors import NonRetriableError, RetryAfterError, StepError
-from .function import (Batch, Concurrency, Debounce, Fairness, Function, FunctionConfig, Priority, RateLimit, Retries,
-                       Singleton, Throttle, TriggerCron, TriggerEvent)
+from ..lifecycle_config import Cancel, Timeouts
+from .function import (Batch, Concurrency, Debounce, Exponential, Fairness, Fixed, Function, FunctionConfig, Priority,
+                       RateLimit, Retries, Singleton, Throttle, TriggerCron, TriggerEvent)
 from .step import Context, Step
 
 __all__ = [
-    "Batch", "Concurrency", "Context", "Debounce", "Fairness", "Function", "FunctionConfig", "NonRetriableError",
-    "Priority", "RateLimit", "Retries", "RetryAfterError", "Singleton", "Sluicegate", "Step", "StepError", "Throttle",
-    "TriggerCron", "TriggerEvent",
+    "Batch", "Cancel", "Concurrency", "Context", "Debounce", "Exponential", "Fairness", "Fixed", "Function", "FunctionConfig",
+    "NonRetriableError", "Priority", "RateLimit", "Retries", "RetryAfterError", "Singleton", "Sluicegate", "Step",
+    "StepError", "Throttle", "Timeouts", "TriggerCron", "TriggerEvent",
 ]

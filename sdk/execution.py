@@ -7,10 +7,11 @@ from typing import Any
 
 from .errors import StepError, StepInterrupt
 from .function import Function
-from .step import AsyncStep, Context, Step, _check_output, error_info
+from .step import AsyncStep, Context, Sender, Step, _check_output, _nondeterminism, error_info
 
 
-def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]],
+              sender: Sender | None = None) -> dict[str, Any]:
     """Run the handler from the top with these memos; return the outcome of this call.
 
     Outcome: ``{"op": "step_ok" | "step_error" | "run_ok", ...}`` (see ``wire.StepOutcome``).
@@ -18,21 +19,29 @@ def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]]) -> d
     without running any new step (look-ahead): if the function then returns, the outcome
     also carries ``run_done``/``run_output`` and the run ends without one more job.
     """
-    outcome = _call(fn, ctx, memos, plan_only=False)
+    outcome = _call(fn, ctx, memos, plan_only=False, sender=sender)
     if outcome["op"] == "step_ok":
-        ahead = _call(fn, ctx, {**memos, outcome["step_hash"]: {"data": outcome["data"]}}, plan_only=True)
+        ahead = _call(fn, ctx, {**memos, outcome["step_hash"]: {"data": outcome["data"]}}, plan_only=True,
+                      sender=sender)
         if ahead["op"] == "run_ok":
             outcome["run_done"] = True
             outcome["run_output"] = ahead["data"]
     return outcome
 
 
-def _call(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]], *, plan_only: bool) -> dict[str, Any]:
+def _call(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]], *, plan_only: bool,
+          sender: Sender | None) -> dict[str, Any]:
+    step: Step | AsyncStep
     try:
         if fn.is_async:
-            result = asyncio.run(fn.handler(ctx, AsyncStep(memos, plan_only)))
+            step = AsyncStep(memos, plan_only, run_id=ctx.run_id, sender=sender)
+            result = asyncio.run(fn.handler(ctx, step))
         else:
-            result = fn.handler(ctx, Step(memos, plan_only))
+            step = Step(memos, plan_only, run_id=ctx.run_id, sender=sender)
+            result = fn.handler(ctx, step)
+        unreached = step.unreached()
+        if unreached:
+            return _nondeterminism(unreached, memos, "the function returned")
         return {"op": "run_ok", "data": _check_output(result, "(function result)")}
     except StepInterrupt as interrupt:
         return interrupt.outcome

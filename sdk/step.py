@@ -8,20 +8,42 @@ works out a hash (SHA-1 of the id; a repeated id gets ``:1``, ``:2``, ... append
 * no memo → this call runs the step, then stops the function with a
   :class:`~sluicegate.sdk.errors.StepInterrupt` carrying the outcome. One step per call.
 
-So code outside steps runs on every call and must be deterministic.
+So code outside steps runs on every call and must be deterministic. Other steps stop the
+call the same way and let the engine do the work durably:
+
+* ``step.sleep(id, duration)`` / ``step.sleep_until(id, when)`` → op ``sleep`` (memo ``null``);
+* ``step.wait_for_event(id, event=..., timeout=..., match=... | if_exp=...)`` → op ``wait``
+  (memo: the matching event, or ``null`` after the timeout);
+* ``step.invoke(id, function=..., data=..., timeout=...)`` → op ``invoke`` (memo: the
+  callee's return value, or its error);
+* ``step.send_event(id, events)`` is a ``run`` step whose body sends the events (ids derived
+  from the run and the step, so a retried step sends the same events and starts no run twice).
+
+Non-determinism: when a call reaches a new step (or returns) while a memoized step was not
+reached on the way, the code took another path than on an earlier call (code outside steps
+is not deterministic, or the function changed under a running run). The run fails at once
+with ``NonDeterminismError`` naming the steps, rather than run side effects twice.
 """
 
 from __future__ import annotations
 
 import hashlib
+import datetime as dt
 import inspect
 import json
+import re
+import time
 import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import limits
+from ..durations import MAX_SLEEP_MS, to_ms
+from ..expressions import InvalidExpression, compile_expression
 from .errors import NonRetriableError, RetryAfterError, StepError, StepInterrupt
+
+Sender = Callable[[list[dict[str, Any]]], list[str]]
+_MATCH_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def step_hash(step_id: str) -> str:
@@ -70,22 +92,62 @@ def _check_output(value: Any, step_id: str) -> Any:
     return json.loads(encoded)
 
 
+def _nondeterminism(unreached: list[str], memos: dict[str, dict[str, Any]], where: str) -> dict[str, Any]:
+    names = ", ".join(repr(memos[h].get("id", h)) for h in unreached[:5])
+    more = f" and {len(unreached) - 5} more" if len(unreached) > 5 else ""
+    exc = NonRetriableError(
+        f"non-determinism: {where} without reaching the memoized step(s) {names}{more}, which an earlier call "
+        "of this run did reach. Code outside steps must take the same path on every call; "
+        "a function changed under a running run can do this too")
+    out = _failure(exc, None, None)
+    out["error"]["name"] = "NonDeterminismError"
+    return out
+
+
+def _sleep_until_ms(when: dt.datetime | str) -> int:
+    if isinstance(when, str):
+        try:
+            when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+        except ValueError:
+            raise NonRetriableError(f"sleep_until: expected a datetime or an ISO 8601 string, got {when!r}") from None
+    if not isinstance(when, dt.datetime):
+        raise NonRetriableError(f"sleep_until: expected a datetime or an ISO 8601 string, got {when!r}")
+    aware = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+    return int(aware.timestamp() * 1000)
+
+
 @dataclass
 class _StepBase:
     memos: dict[str, dict[str, Any]]
     plan_only: bool = False  # look-ahead call: stop at the first new step without running it
+    run_id: str = ""
+    sender: Sender | None = None  # step.send_event's transport (the worker's producer)
     _seen: dict[str, int] = field(default_factory=dict)
+    _reached: set[str] = field(default_factory=set)
 
     def _resolve(self, step_id: str) -> tuple[str, str, dict[str, Any] | None]:
         if not isinstance(step_id, str) or not step_id:
             raise NonRetriableError("step id must be a non-empty string")
+        if len(step_id) > limits.MAX_ID_LENGTH:
+            raise NonRetriableError(f"step id {step_id[:40]!r}...: at most {limits.MAX_ID_LENGTH} characters")
         n = self._seen.get(step_id, 0)
         self._seen[step_id] = n + 1
         full_id = step_id if n == 0 else f"{step_id}:{n}"
         h = step_hash(full_id)
-        return full_id, h, self.memos.get(h)
+        memo = self.memos.get(h)
+        if memo is not None:
+            self._reached.add(h)
+        return full_id, h, memo
 
-    def _stop_if_planning(self, full_id: str, h: str) -> None:
+    def unreached(self) -> list[str]:
+        """Memoized steps this call has not reached (in memo order)."""
+        return [h for h in self.memos if h not in self._reached]
+
+    def _new_step(self, full_id: str, h: str) -> None:
+        """The call reached a step with no memo: check determinism, then stop if planning."""
+        unreached = self.unreached()
+        if unreached:
+            raise StepInterrupt(_nondeterminism(unreached, self.memos, f"the call reached new step {full_id!r}"))
         if self.plan_only:
             raise StepInterrupt({"op": "planned", "step_hash": h, "step_id": full_id})
 
@@ -96,6 +158,109 @@ class _StepBase:
             raise StepError(full_id, err.get("name", "Error"), err.get("message", ""), err.get("stack"))
         return memo.get("data")
 
+    # -- durable steps: the engine does the waiting ----------------------------------------------
+
+    def _durable(self, step_id: str, op: Callable[[], dict[str, Any]]) -> tuple[bool, Any]:
+        """(True, value) when memoized; else stop the call with the op ``op()`` builds."""
+        full_id, h, memo = self._resolve(step_id)
+        if memo is not None:
+            return True, self._replay(full_id, memo)
+        self._new_step(full_id, h)
+        try:
+            body = op()
+        except NonRetriableError as exc:
+            raise StepInterrupt(_failure(exc, None, None)) from None
+        raise StepInterrupt({"step_hash": h, "step_id": full_id, **body})
+
+    def _sleep(self, step_id: str, duration: int | dt.timedelta | str) -> None:
+        def op() -> dict[str, Any]:
+            try:
+                ms = to_ms(duration, field=f"step.sleep({step_id!r}) duration")
+            except ValueError as exc:
+                raise NonRetriableError(str(exc)) from None
+            return {"op": "sleep", "duration_ms": ms}
+        self._durable(step_id, op)
+
+    def _sleep_until(self, step_id: str, when: dt.datetime | str) -> None:
+        def op() -> dict[str, Any]:
+            until = _sleep_until_ms(when)
+            if until - time.time() * 1000 > MAX_SLEEP_MS:
+                raise NonRetriableError(f"step.sleep_until({step_id!r}): at most 366 days ahead")
+            return {"op": "sleep", "until_ms": until}
+        self._durable(step_id, op)
+
+    def _wait_for_event(self, step_id: str, event: str, timeout: int | dt.timedelta | str,
+                        match: str | None, if_exp: str | None) -> dict[str, Any] | None:
+        def op() -> dict[str, Any]:
+            if not isinstance(event, str) or not event or len(event) > limits.MAX_EVENT_NAME_LENGTH:
+                raise NonRetriableError(f"step.wait_for_event({step_id!r}): event must be a name of "
+                                        f"1 to {limits.MAX_EVENT_NAME_LENGTH} characters")
+            if match is not None and if_exp is not None:
+                raise NonRetriableError(f"step.wait_for_event({step_id!r}): give match or if_exp, not both")
+            if match is not None and not _MATCH_PATH.match(match):
+                raise NonRetriableError(f"step.wait_for_event({step_id!r}): match must be a dotted field path "
+                                        f"such as 'data.user_id', got {match!r}")
+            if if_exp is not None:
+                try:
+                    compile_expression(if_exp, field="if_exp")
+                except InvalidExpression as exc:
+                    raise NonRetriableError(f"step.wait_for_event({step_id!r}): {exc.message}") from None
+            try:
+                ms = to_ms(timeout, field=f"step.wait_for_event({step_id!r}) timeout", minimum=1)
+            except ValueError as exc:
+                raise NonRetriableError(str(exc)) from None
+            out: dict[str, Any] = {"op": "wait", "wait_event": event, "timeout_ms": ms}
+            if match is not None:
+                out["wait_match"] = match
+            if if_exp is not None:
+                out["wait_if"] = if_exp
+            return out
+        return self._durable(step_id, op)[1]
+
+    def _invoke(self, step_id: str, function: Any, data: dict[str, Any] | None,
+                timeout: int | dt.timedelta | str | None) -> Any:
+        def op() -> dict[str, Any]:
+            target = getattr(function, "app_id", None), getattr(function, "id", None)
+            if isinstance(function, str):
+                target = tuple(function.split("/", 1)) if "/" in function else (None, function)
+            if not target[1]:
+                raise NonRetriableError(f"step.invoke({step_id!r}): function must be a Function or its id "
+                                        f"('fn' or 'app/fn'), got {function!r}")
+            payload = {} if data is None else data
+            if not isinstance(payload, dict):
+                raise NonRetriableError(f"step.invoke({step_id!r}): data must be a JSON object")
+            payload = _check_output(payload, step_id)
+            if len(json.dumps(payload).encode()) > limits.MAX_EVENT_BYTES:
+                raise NonRetriableError(f"step.invoke({step_id!r}): data is over the event limit of "
+                                        f"{limits.MAX_EVENT_BYTES} bytes")
+            try:
+                ms = MAX_SLEEP_MS if timeout is None else to_ms(
+                    timeout, field=f"step.invoke({step_id!r}) timeout", minimum=1)
+            except ValueError as exc:
+                raise NonRetriableError(str(exc)) from None
+            out = {"op": "invoke", "invoke_function": target[1], "invoke_data": payload, "timeout_ms": ms}
+            if target[0]:
+                out["invoke_app"] = target[0]
+            return out
+        return self._durable(step_id, op)[1]
+
+    def _event_batch(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]], h: str) -> list[dict[str, Any]]:
+        batch = [events] if isinstance(events, dict) else list(events)
+        if not batch or len(batch) > limits.MAX_EVENTS_PER_REQUEST:
+            raise NonRetriableError(f"step.send_event({step_id!r}): send 1 to {limits.MAX_EVENTS_PER_REQUEST} events")
+        out = []
+        for i, ev in enumerate(batch):
+            if not isinstance(ev, dict):
+                raise NonRetriableError(f"step.send_event({step_id!r}): event [{i}] must be a dict")
+            # the same ids on every attempt: a retried step starts no run twice
+            out.append({**ev, "id": ev.get("id") or f"{self.run_id[:26]}-{h[:12]}-{i}"})
+        return out
+
+    def _send_events(self, events: list[dict[str, Any]]) -> list[str]:
+        if self.sender is None:
+            raise NonRetriableError("step.send_event: this call has no event transport")
+        return self.sender(events)
+
 
 class Step(_StepBase):
     """Steps for a synchronous handler."""
@@ -104,7 +269,7 @@ class Step(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
-        self._stop_if_planning(full_id, h)
+        self._new_step(full_id, h)
         try:
             value = fn(*args)
             if inspect.isawaitable(value):
@@ -114,6 +279,36 @@ class Step(_StepBase):
             raise StepInterrupt(_failure(exc, h, full_id)) from None
         raise StepInterrupt({"op": "step_ok", "step_hash": h, "step_id": full_id, "data": data})
 
+    def sleep(self, step_id: str, duration: int | dt.timedelta | str) -> None:
+        """Pause the run durably (ms, timedelta or ``"1h30m"``; at most 366 days). No worker waits."""
+        self._sleep(step_id, duration)
+
+    def sleep_until(self, step_id: str, when: dt.datetime | str) -> None:
+        """Pause until ``when`` (a naive datetime is UTC); a time in the past does not pause."""
+        self._sleep_until(step_id, when)
+
+    def wait_for_event(self, step_id: str, *, event: str, timeout: int | dt.timedelta | str,
+                       match: str | None = None, if_exp: str | None = None) -> dict[str, Any] | None:
+        """The first matching event accepted after the previous step ended (or after the
+        trigger, for a first step), or ``None`` after ``timeout``."""
+        return self._wait_for_event(step_id, event, timeout, match, if_exp)
+
+    def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+               timeout: int | dt.timedelta | str | None = None) -> Any:
+        """Run another function (a ``Function``, ``"fn"`` of this app, or ``"app/fn"``) and
+        return its result; its failure, skip or timeout raises :class:`StepError` here."""
+        return self._invoke(step_id, function, data, timeout)
+
+    def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        """Send events (each starts every function it triggers) once; returns their ids."""
+        full_id, h, memo = self._resolve(step_id)
+        if memo is not None:
+            return self._replay(full_id, memo)
+        self._seen[step_id] -= 1  # run() resolves the same id again
+        self._reached.discard(h)
+        batch = self._event_batch(step_id, events, h)
+        return self.run(step_id, self._send_events, batch)
+
 
 class AsyncStep(_StepBase):
     """Steps for an ``async def`` handler: ``await step.run(...)``; the step may be sync or async."""
@@ -122,7 +317,7 @@ class AsyncStep(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
-        self._stop_if_planning(full_id, h)
+        self._new_step(full_id, h)
         try:
             value = fn(*args)
             if inspect.isawaitable(value):
@@ -131,3 +326,26 @@ class AsyncStep(_StepBase):
         except Exception as exc:
             raise StepInterrupt(_failure(exc, h, full_id)) from None
         raise StepInterrupt({"op": "step_ok", "step_hash": h, "step_id": full_id, "data": data})
+
+    async def sleep(self, step_id: str, duration: int | dt.timedelta | str) -> None:
+        self._sleep(step_id, duration)
+
+    async def sleep_until(self, step_id: str, when: dt.datetime | str) -> None:
+        self._sleep_until(step_id, when)
+
+    async def wait_for_event(self, step_id: str, *, event: str, timeout: int | dt.timedelta | str,
+                             match: str | None = None, if_exp: str | None = None) -> dict[str, Any] | None:
+        return self._wait_for_event(step_id, event, timeout, match, if_exp)
+
+    async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
+                     timeout: int | dt.timedelta | str | None = None) -> Any:
+        return self._invoke(step_id, function, data, timeout)
+
+    async def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
+        full_id, h, memo = self._resolve(step_id)
+        if memo is not None:
+            return self._replay(full_id, memo)
+        self._seen[step_id] -= 1
+        self._reached.discard(h)
+        batch = self._event_batch(step_id, events, h)
+        return await self.run(step_id, self._send_events, batch)

@@ -56,6 +56,10 @@ MAX_CONCURRENCY = 1000  # the same limit as Settings.worker_concurrency
 Ack = tuple[int, int, "KafkaError | None"]  # (partition, offset, delivery error) of a job's outcome
 
 
+_DURABLE_FIELDS = ("duration_ms", "until_ms", "wait_event", "wait_match", "wait_if", "timeout_ms", "invoke_app",
+                   "invoke_function", "invoke_data")
+
+
 def check_concurrency(value: object) -> int:
     """``value`` if it is a valid worker concurrency, else ``ValueError`` naming the limit."""
     if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CONCURRENCY:
@@ -112,6 +116,10 @@ class Worker:
         if records:
             self._producer.send_many(self.settings.registry_topic, records, 1)
 
+    def _send_events(self, events: list[dict[str, object]]) -> list[str]:
+        """``step.send_event``: produce through the app's client (acks=all) and return the ids."""
+        return self.client.send(events)
+
     def handle(self, job: Job) -> StepOutcome:
         started = int(time.time() * 1000)
         fn = self.client.functions.get(job.function_id)
@@ -124,7 +132,7 @@ class Worker:
             ctx = Context(event=events[0] if events else {}, events=events, run_id=job.run_id,
                           attempt=job.attempt, max_attempts=job.max_attempts,
                           function_id=job.function_id, app_id=job.app_id)
-            result = call_once(fn, ctx, job.memos)
+            result = call_once(fn, ctx, job.memos, sender=self._send_events)
         error = result.get("error")
         return StepOutcome(
             app_id=job.app_id, function_id=job.function_id, run_id=job.run_id, job_id=job.job_id,
@@ -133,6 +141,7 @@ class Worker:
             error=ErrorInfo(**error) if error else None, no_retry=bool(result.get("no_retry")),
             retry_after_ms=result.get("retry_after_ms"), run_done=bool(result.get("run_done")),
             run_output=result.get("run_output"), started_at=started,
+            **{k: result[k] for k in _DURABLE_FIELDS if k in result},
             ended_at=int(time.time() * 1000), worker_id=self.worker_id, lease_id=job.lease_id,
         )
 

@@ -7,12 +7,16 @@
     sluicegate api                                 the HTTP bridge and runs API
     sluicegate worker FILE.py:ATTR                 a worker for an app (--concurrency N jobs at once)
     sluicegate keys create --app APP | keys list   event keys
+    sluicegate cancel RUN_ID                       cancel one run (through the HTTP API)
+    sluicegate cancel --app A --function F --until T [--since T] [--if EXPR] [--wait [S]]
+                                                   cancel a function's runs created in [since, until)
     sluicegate topics                              create the core topics
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -113,6 +117,111 @@ def cmd_keys(args: argparse.Namespace) -> None:
         keys.stop()
 
 
+def _api_url(settings: Settings, url: str | None) -> str:
+    """--url, else SLUICEGATE_API_URL, else the API's own host and port from the settings."""
+    if url or os.environ.get("SLUICEGATE_API_URL"):
+        return (url or os.environ["SLUICEGATE_API_URL"]).rstrip("/")
+    host = settings.http_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.http_port}"
+
+
+def _api_call(base: str, token: str | None, method: str, path: str,
+              body: dict[str, object] | None = None) -> tuple[int, dict[str, object]]:
+    """One call to the runs API: (status, JSON body). Raises ``SystemExit`` if the API cannot be reached."""
+    import urllib.error
+    import urllib.request
+
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(base + path, data=data, method=method)
+    if data is not None:
+        req.add_header("content-type", "application/json")
+    if token:
+        req.add_header("authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            status, raw = resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        status, raw = exc.code, exc.read()
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise SystemExit(f"sluicegate cancel: cannot reach the API at {base}: {reason}") from None
+    try:
+        parsed = json.loads(raw) if raw else {}
+    except ValueError:
+        parsed = {"error": {"message": raw.decode(errors="replace")[:500]}}
+    return status, parsed if isinstance(parsed, dict) else {"data": parsed}
+
+
+def _api_error(status: int, body: dict[str, object]) -> str:
+    err = body.get("error")
+    if isinstance(err, dict) and err.get("message"):
+        return f"{err['message']} (HTTP {status})"
+    return f"HTTP {status}: {json.dumps(body)[:500]}"
+
+
+def _time_arg(value: str | None) -> str | int | None:
+    """``now``, ms since the epoch, or an RFC 3339 date-time (checked by the API)."""
+    if value is None:
+        return None
+    if value.strip().lower() == "now":
+        return int(time.time() * 1000)
+    return int(value) if value.strip().isdigit() else value
+
+
+def _iso(ms: object) -> str:
+    if not isinstance(ms, int):
+        return "the beginning"
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ms / 1000)) + f".{ms % 1000:03d}Z"
+
+
+def cmd_cancel(args: argparse.Namespace) -> None:
+    settings = Settings()
+    base = _api_url(settings, args.url)
+    token = settings.api_token
+    if args.run_id:
+        from urllib.parse import quote
+
+        status, body = _api_call(base, token, "DELETE", f"/v1/runs/{quote(args.run_id, safe='')}")
+        if status == 202:
+            print(f"run {args.run_id} cancelling (GET {base}/v1/runs/{args.run_id} shows 'cancelled' once applied)")
+            return
+        err = body.get("error")
+        if status == 409 and isinstance(err, dict) and err.get("status") == "cancelled":
+            print(f"run {args.run_id} was already cancelled")
+            return
+        raise SystemExit(f"sluicegate cancel: {_api_error(status, body)}")
+    request: dict[str, object] = {"app_id": args.app, "function_id": args.function,
+                                  "started_before": _time_arg(args.until)}
+    if args.since is not None:
+        request["started_after"] = _time_arg(args.since)
+    if args.if_exp is not None:
+        request["if"] = args.if_exp
+    status, body = _api_call(base, token, "POST", "/v1/cancellations", request)
+    if status != 202:
+        raise SystemExit(f"sluicegate cancel: {_api_error(status, body)}")
+    cid = str(body["id"])
+    what = (f"runs of {args.app}/{args.function} created from {_iso(body.get('started_after'))} "
+            f"to {_iso(body.get('started_before'))}" + (f" where {args.if_exp}" if args.if_exp else ""))
+    if args.wait is None:
+        print(f"cancellation {cid} pending: {what} (GET {base}/v1/cancellations/{cid})")
+        return
+    deadline = time.monotonic() + args.wait
+    while True:
+        status, body = _api_call(base, token, "GET", f"/v1/cancellations/{cid}")
+        if status == 200 and body.get("status") == "done":
+            print(f"cancellation {cid} done: {body.get('cancelled')} run(s) cancelled ({what})")
+            return
+        if status not in (200, 404):
+            raise SystemExit(f"sluicegate cancel: {_api_error(status, body)}")
+        if time.monotonic() >= deadline:
+            raise SystemExit(f"sluicegate cancel: cancellation {cid} still pending after {args.wait:g} s ({what})")
+        time.sleep(0.5)
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from .devstack import DevStack
 
@@ -163,9 +272,32 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("action", choices=["create", "list"])
     p.add_argument("--app", help="app id (for create)")
     p.set_defaults(fn=cmd_keys)
+    p = sub.add_parser("cancel", help="cancel one run, or a function's runs in bulk (through the HTTP API)",
+                       description="sluicegate cancel RUN_ID | sluicegate cancel --app A --function F --until T "
+                                   "[--since T] [--if EXPR]. Times: RFC 3339 (2025-01-31T12:00:00Z), ms since "
+                                   "the epoch, or 'now'. The API is --url, else SLUICEGATE_API_URL, else "
+                                   "SLUICEGATE_HTTP_HOST:SLUICEGATE_HTTP_PORT; SLUICEGATE_API_TOKEN is sent "
+                                   "as the bearer token.")
+    p.add_argument("run_id", nargs="?", metavar="RUN_ID", help="the run to cancel")
+    p.add_argument("--app", help="bulk: the function's app id")
+    p.add_argument("--function", help="bulk: the function id")
+    p.add_argument("--until", metavar="T", help="bulk: runs created before T (required)")
+    p.add_argument("--since", metavar="T", help="bulk: runs created at or after T")
+    p.add_argument("--if", dest="if_exp", metavar="EXPR", help="bulk: only runs whose event passes this CEL expression")
+    p.add_argument("--wait", nargs="?", type=float, const=60.0, default=None, metavar="S",
+                   help="bulk: wait until the engine applied it (at most S seconds, default 60) and print the count")
+    p.add_argument("--url", default=None, help="base URL of the HTTP API")
+    p.set_defaults(fn=cmd_cancel)
     args = parser.parse_args(argv)
     if args.command == "keys" and args.action == "create" and not args.app:
         parser.error("keys create needs --app")
+    if args.command == "cancel":
+        bulk = [name for name in ("app", "function", "until", "since", "if_exp", "wait")
+                if getattr(args, name) is not None]
+        if args.run_id and bulk:
+            parser.error("cancel: give either RUN_ID or --app/--function/--until, not both")
+        if not args.run_id and not all(getattr(args, name) for name in ("app", "function", "until")):
+            parser.error("cancel: give RUN_ID, or --app, --function and --until for a bulk cancellation")
     args.fn(args)
 
 

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         "How long the broker may hold a processor's fetch when its topics are quiet (faust hard-codes 1500)."))
     lease_ms: int = Field(30_000, ge=1_000, le=3_600_000, description=(
         "A dispatched step not heard from (outcome or heartbeat) for this long is dispatched again."))
+    wait_lookback_events: int = Field(20_000, ge=0, le=1_000_000, description=(
+        "Recent events each router partition keeps in memory so a new wait sees events that arrived "
+        "just before it was registered; older ones are read back from sg.events."))
+    wait_lookback_ms: int = Field(120_000, ge=0, le=3_600_000, description=(
+        "The age limit of that in-memory lookback."))
     worker_concurrency: int = Field(8, ge=1, le=1000, description=(
         "Jobs an SDK worker runs at once, each in its own thread (`sluicegate worker --concurrency` "
         "and `sg.worker(concurrency=...)` override it)."))

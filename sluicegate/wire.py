@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from .flow_config import FlowControl
+from .lifecycle_config import Cancel, Timeouts
 from .triggers import TriggerCron, TriggerEvent
 
 
@@ -59,7 +60,14 @@ EventTrigger = TriggerEvent  # the name the processors use
 
 
 class FunctionDefinition(_Model):
-    """A function as registered by its app's worker (``sg.registry``)."""
+    """A function as registered by its app's worker (``sg.registry``).
+
+    Retry backoff: ``backoff`` holds an ``Exponential`` or ``Fixed`` policy as JSON
+    (``{"kind": "exponential", "initial_ms", "factor", "max_ms"}`` or ``{"kind": "fixed",
+    "delay_ms"}``); a table of delays travels in ``backoff_ms``, as it did before ``backoff``
+    existed; neither means the default schedule. ``backoff_jitter_ms`` (None: the default)
+    applies to all three (:func:`sluicegate.processors.backoff.delay_after_failure`).
+    """
 
     app_id: str
     function_id: str
@@ -68,12 +76,17 @@ class FunctionDefinition(_Model):
     crons: list[TriggerCron] = Field(default_factory=list)
     flow: FlowControl | None = None
     retries: int
+    backoff: dict[str, Any] | None = None
     backoff_ms: list[int] | None = None
     backoff_jitter_ms: int | None = None
+    cancel_on: list[Cancel] = Field(default_factory=list)
+    timeouts: Timeouts | None = None
     version: str = ""
 
     def compute_version(self) -> str:
-        body = self.model_dump(exclude={"version"})
+        # a field added later counts only when set, so older definitions keep their versions
+        unset = {name for name in ("backoff", "cancel_on", "timeouts") if not getattr(self, name)}
+        body = self.model_dump(exclude={"version", *unset})
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -103,7 +116,10 @@ class StepOutcome(_Model):
 
     ``op``: ``step_ok`` (a step ran and returned ``data``; with ``run_done`` the function
     then returned ``run_output``), ``step_error`` (a step or the function body raised),
-    ``run_ok`` (the function returned ``data``; no step left).
+    ``run_ok`` (the function returned ``data``; no step left), or a durable step the engine
+    carries out: ``sleep`` (``duration_ms`` from ``ended_at``, or ``until_ms``), ``wait``
+    (``wait_event``, ``wait_match`` or ``wait_if``, ``timeout_ms``), ``invoke``
+    (``invoke_app``/``invoke_function``, ``invoke_data``, ``timeout_ms``).
     """
 
     kind: Literal["outcome"] = "outcome"
@@ -112,7 +128,7 @@ class StepOutcome(_Model):
     run_id: str
     job_id: str
     attempt: int
-    op: Literal["step_ok", "step_error", "run_ok"]
+    op: Literal["step_ok", "step_error", "run_ok", "sleep", "wait", "invoke"]
     step_hash: str | None = None
     step_id: str | None = None
     data: Any = None
@@ -121,6 +137,15 @@ class StepOutcome(_Model):
     retry_after_ms: int | None = None
     run_done: bool = Field(False, description="step_ok only: the function returned right after this step")
     run_output: Any = None
+    duration_ms: int | None = None
+    until_ms: int | None = None
+    wait_event: str | None = None
+    wait_match: str | None = None
+    wait_if: str | None = None
+    timeout_ms: int | None = None
+    invoke_app: str | None = None
+    invoke_function: str | None = None
+    invoke_data: dict[str, Any] | None = None
     started_at: int
     ended_at: int
     worker_id: str = ""
@@ -168,7 +193,47 @@ class CronSync(_Model):
     cron: str
 
 
-AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick]
+class CancelRun(_Model):
+    """API → function processor: cancel one run (``DELETE /v1/runs/{id}``), or a timeout or
+    a ``cancel_on`` event did. A run that already ended is left as it is."""
+
+    kind: Literal["cancel"] = "cancel"
+    app_id: str
+    function_id: str
+    run_id: str
+    reason: str = "cancelled"
+    by: Literal["api", "event", "bulk", "timeout"] = "api"
+    event: dict[str, Any] | None = Field(None, description="the event that cancelled it (cancel_on)")
+
+
+class CancelRuns(_Model):
+    """API → function processor: bulk cancellation (``POST /v1/cancellations``) of the
+    function's runs not yet ended that were created in ``[started_after, started_before)``
+    and whose first event passes ``if_exp`` (CEL over ``event``)."""
+
+    kind: Literal["cancel_many"] = "cancel_many"
+    cancellation_id: str
+    app_id: str
+    function_id: str
+    started_after: int | None = None
+    started_before: int
+    if_exp: str | None = None
+
+
+class WaitResolved(_Model):
+    """Router → function processor: an event matched a run's wait (``step.wait_for_event``,
+    an invoke's result or a ``cancel_on`` entry)."""
+
+    kind: Literal["wait_resolved"] = "wait_resolved"
+    app_id: str
+    function_id: str
+    run_id: str
+    wait_id: str
+    event: dict[str, Any]
+
+
+AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick, CancelRun, CancelRuns,
+                   WaitResolved]
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
@@ -201,7 +266,9 @@ class StepAttemptView(BaseModel):
 class StepView(BaseModel):
     hash: str
     id: str
-    status: Literal["completed", "failed", "running"]
+    status: Literal["completed", "failed", "running", "sleeping", "waiting"]
+    kind: Literal["sleep", "wait", "invoke"] | None = Field(None, description="a durable step in progress")
+    until: int | None = Field(None, description="sleeping/waiting: when it ends at the latest (ms)")
     output: Any = None
     error: ErrorInfo | None = None
     attempts: list[StepAttemptView] = Field(default_factory=list)

@@ -43,6 +43,7 @@ class ActiveRun(BaseModel):
     lease_expires: int = 0
     dispatches: int = 0
     run_ended: bool = False       # the run ended while its step was executing
+    finish_due: int | None = None  # the finish timeout's timer, set at the first dispatch
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()

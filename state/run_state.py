@@ -32,6 +32,21 @@ class CurrentJob(BaseModel):
     retry_timer: str | None = Field(None, description="timer id while waiting to retry")
     retry_due: int | None = None
     failed_attempts: list[StepAttemptView] = Field(default_factory=list)
+    since_ms: int = Field(0, description="when the job became ready: a wait it plans sees events accepted since")
+
+
+class PendingStep(BaseModel):
+    """A durable step the engine carries out while no job runs: a sleep, a wait for an
+    event, or an invoke waiting for its callee's result."""
+
+    kind: Literal["sleep", "wait", "invoke"]
+    hash: str
+    id: str
+    timer_id: str
+    due_ms: int
+    wait_id: str | None = None
+    wait_app: str | None = Field(None, description="the app whose events the wait watches (router partition)")
+    started_at: int
 
 
 class RunState(BaseModel):
@@ -55,6 +70,10 @@ class RunState(BaseModel):
     job: CurrentJob | None = None
     job_seq: int = 0
     state_bytes: int = 0
+    pending: PendingStep | None = None
+    received_at: int = Field(0, description="when the trigger event was accepted")
+    cancel_waits: list[str] = Field(default_factory=list, description="wait ids of the cancel_on entries")
+    cancelled_by: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -68,7 +87,8 @@ class RunState(BaseModel):
         out: dict[str, dict[str, Any]] = {}
         for h in self.step_order:
             s = self.steps[h]
-            out[h] = {"data": s.output} if s.status == "completed" else {"error": (s.error or ErrorInfo()).model_dump()}
+            out[h] = {"data": s.output, "id": s.id} if s.status == "completed" else {
+                "error": (s.error or ErrorInfo()).model_dump(), "id": s.id}
         return out
 
     def view(self) -> RunView:
@@ -77,6 +97,10 @@ class RunState(BaseModel):
                      error=self.steps[h].error, attempts=self.steps[h].attempts)
             for h in self.step_order
         ]
+        if self.pending is not None and not self.finished:
+            p = self.pending
+            steps.append(StepView(hash=p.hash, id=p.id, status="sleeping" if p.kind == "sleep" else "waiting",
+                                  kind=p.kind, until=p.due_ms))
         return RunView(
             run_id=self.run_id, app_id=self.app_id, function_id=self.function_id,
             function_version=self.function.version, status=self.status, event_ids=self.event_ids,

@@ -1,0 +1,217 @@
+"""Issue 5 on a real broker: sleep, wait_for_event (with lookback), invoke, send_event,
+cancellation by event, timeouts, on_failure / on_cancel."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING, Any, Callable
+
+from sluicegate.sdk import Cancel, NonRetriableError, StepError, Timeouts, TriggerEvent
+
+if TYPE_CHECKING:
+    from conftest import Engine
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_sleep_of_2_s_survives_a_processor_restart_and_resumes_on_time(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("sleep")
+    woke: list[float] = []
+
+    @sg.function(id="nap", trigger=TriggerEvent(event="nap.start"))
+    def nap(ctx: Any, step: Any) -> str:
+        step.sleep("two-seconds", 2000)
+        return step.run("after", lambda: woke.append(time.time() * 1000) or "awake")
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "nap.start"})
+    run = engine_cleanup.wait_run(event_id, until=lambda r: any(s["status"] == "sleeping" for s in r.get("steps", [])))
+    sleeping = [s for s in run["steps"] if s["status"] == "sleeping"]
+    assert [(s["id"], s["kind"]) for s in sleeping] == [("two-seconds", "sleep")]
+    due = sleeping[0]["until"]
+    processor = engine_cleanup.processor
+    processor.kill()
+    processor.start()
+    run = engine_cleanup.wait_run(event_id, timeout=60)
+    assert (run["status"], run["output"]) == ("completed", "awake")
+    assert [s["id"] for s in run["steps"]] == ["two-seconds", "after"]
+    assert len(woke) == 1
+    lateness = woke[0] - due
+    print(f"sleep lateness across a processor restart: {lateness:.0f} ms")
+    assert lateness >= 0
+
+
+def test_wait_for_event_matches_times_out_and_sees_an_event_sent_right_after_the_trigger(
+        engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("wait")
+
+    @sg.function(id="await-payment", trigger=TriggerEvent(event="order.created"))
+    def await_payment(ctx: Any, step: Any) -> Any:
+        paid = step.wait_for_event("paid", event="order.paid", match="data.order", timeout="4s")
+        return None if paid is None else paid["data"]
+
+    engine_cleanup.start_worker(sg)
+    # the race (inngest/inngest#1433): the payment is sent immediately after the trigger
+    [raced] = sg.send({"name": "order.created", "data": {"order": "o-1"}})
+    sg.send({"name": "order.paid", "data": {"order": "o-1", "amount": 5}})
+    # a match that arrives while the run waits; an event of another order does not match
+    [waits] = sg.send({"name": "order.created", "data": {"order": "o-2"}})
+    engine_cleanup.wait_run(waits, until=lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+    sg.send({"name": "order.paid", "data": {"order": "o-other", "amount": 1}})
+    sg.send({"name": "order.paid", "data": {"order": "o-2", "amount": 7}})
+    # no match: the timeout resumes it with None
+    [times_out] = sg.send({"name": "order.created", "data": {"order": "o-3"}})
+
+    assert engine_cleanup.wait_run(raced)["output"] == {"order": "o-1", "amount": 5}
+    assert engine_cleanup.wait_run(waits)["output"] == {"order": "o-2", "amount": 7}
+    run = engine_cleanup.wait_run(times_out, timeout=30)
+    assert (run["status"], run.get("output")) == ("completed", None)
+    assert run["ended_at"] - run["created_at"] >= 4000
+
+
+def test_one_event_resumes_every_run_waiting_for_it(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("fanin")
+
+    @sg.function(id="gate", trigger=TriggerEvent(event="job.queued"))
+    def gate(ctx: Any, step: Any) -> Any:
+        opened = step.wait_for_event("open", event="gate.opened", timeout="30s")
+        return opened["data"]["by"] if opened else None
+
+    engine_cleanup.start_worker(sg)
+    ids = sg.send([{"name": "job.queued", "data": {"n": n}} for n in range(5)])
+    for event_id in ids:
+        engine_cleanup.wait_run(event_id, until=lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+    sg.send({"name": "gate.opened", "data": {"by": "ops"}})
+    assert [engine_cleanup.wait_run(i)["output"] for i in ids] == ["ops"] * 5
+
+
+def test_invoke_returns_the_callees_result_and_surfaces_its_failure(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("invoke")
+
+    @sg.function(id="square", trigger=TriggerEvent(event="never.sent"))
+    def square(ctx: Any, step: Any) -> int:
+        return step.run("sq", lambda: ctx.event["data"]["x"] ** 2)
+
+    @sg.function(id="explode", trigger=TriggerEvent(event="never.sent"), retries=0)
+    def explode(ctx: Any, step: Any) -> None:
+        raise NonRetriableError("kaboom")
+
+    @sg.function(id="caller", trigger=TriggerEvent(event="calc"))
+    def caller(ctx: Any, step: Any) -> Any:
+        value = step.invoke("square-it", function=square, data={"x": ctx.event["data"]["x"]}, timeout="30s")
+        try:
+            step.invoke("boom", function="explode", data={})
+        except StepError as exc:
+            return {"square": value, "error": exc.name, "message": exc.error_message}
+        return {"square": value}
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "calc", "data": {"x": 7}})
+    run = engine_cleanup.wait_run(event_id, timeout=60)
+    assert run["status"] == "completed", run
+    assert run["output"] == {"square": 49, "error": "NonRetriableError", "message": "kaboom"}
+
+
+def test_send_event_fans_out_once(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("fanout")
+    got: list[int] = []
+    lock = threading.Lock()
+
+    @sg.function(id="child", trigger=TriggerEvent(event="child.go"))
+    def child(ctx: Any, step: Any) -> int:
+        def record() -> int:
+            with lock:
+                got.append(ctx.event["data"]["n"])
+            return ctx.event["data"]["n"]
+        return step.run("record", record)
+
+    @sg.function(id="parent", trigger=TriggerEvent(event="parent.go"))
+    def parent(ctx: Any, step: Any) -> list[str]:
+        return step.send_event("fan", [{"name": "child.go", "data": {"n": n}} for n in range(3)])
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "parent.go"})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "completed" and len(run["output"]) == 3
+    for child_event in run["output"]:
+        assert engine_cleanup.wait_run(child_event)["status"] == "completed"
+    assert sorted(got) == [0, 1, 2]
+
+
+def test_cancel_on_an_event_while_sleeping_and_the_on_cancel_handler_runs_once(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("cancelon")
+    handled: list[str] = []
+
+    def on_cancel(ctx: Any, step: Any) -> None:
+        step.run("note", lambda: handled.append(ctx.event["data"]["run_id"]))
+
+    @sg.function(id="reminder", trigger=TriggerEvent(event="signup"),
+                 cancel_on=[Cancel(event="unsubscribed", match="data.user")], on_cancel=on_cancel)
+    def reminder(ctx: Any, step: Any) -> str:
+        step.sleep("a-day", "1d")
+        return step.run("remind", lambda: "sent")
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "signup", "data": {"user": "u-1"}})
+    run = engine_cleanup.wait_run(event_id, until=lambda r: any(s["status"] == "sleeping" for s in r.get("steps", [])))
+    sg.send({"name": "unsubscribed", "data": {"user": "someone-else"}})
+    sg.send({"name": "unsubscribed", "data": {"user": "u-1"}})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "cancelled"
+    assert "unsubscribed" in run["error"]["message"]
+    _wait(lambda: handled == [run["run_id"]], timeout=30, what="the on_cancel handler")
+    time.sleep(1.0)
+    assert handled == [run["run_id"]]
+
+
+def test_timeouts_cancel_a_run_that_does_not_start_or_finish_in_time(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("timeouts")
+    release = threading.Event()
+
+    @sg.function(id="slow", trigger=TriggerEvent(event="slow.go"), concurrency=1,
+                 timeouts=Timeouts(start="2s", finish="3s"))
+    def slow(ctx: Any, step: Any) -> str:
+        step.run("first", lambda: release.wait(20) and "ok")
+        step.sleep("pause", "10s")
+        return "done"
+
+    engine_cleanup.start_worker(sg)
+    [first] = sg.send({"name": "slow.go"})
+    engine_cleanup.wait_run(first, until=lambda r: r["status"] == "running" and r.get("waiting") is None)
+    [second] = sg.send({"name": "slow.go"})  # waits behind concurrency=1 longer than its start timeout
+    second_run = engine_cleanup.wait_run(second, timeout=20)
+    assert second_run["status"] == "cancelled" and "did not start" in second_run["error"]["message"]
+    release.set()
+    first_run = engine_cleanup.wait_run(first, timeout=30)
+    assert first_run["status"] == "cancelled" and "did not finish" in first_run["error"]["message"]
+
+
+def test_on_failure_runs_once_with_the_error(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("onfail")
+    seen: list[dict[str, Any]] = []
+
+    def on_failure(ctx: Any, step: Any) -> None:
+        step.run("note", lambda: seen.append(ctx.event["data"]))
+
+    @sg.function(id="fragile", trigger=TriggerEvent(event="fragile.go"), retries=0, on_failure=on_failure)
+    def fragile(ctx: Any, step: Any) -> None:
+        step.run("break", lambda: (_ for _ in ()).throw(ValueError("no good")))
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "fragile.go", "data": {"k": 1}})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "failed"
+    _wait(lambda: len(seen) == 1, timeout=30, what="the on_failure handler")
+    time.sleep(1.0)
+    assert len(seen) == 1
+    data = seen[0]
+    assert data["run_id"] == run["run_id"] and data["event"]["data"] == {"k": 1}
+    assert data["error"]["name"] == "StepError" or "no good" in data["error"]["message"]
