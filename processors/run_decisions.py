@@ -431,6 +431,9 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
         _finish(run, "completed", now_ms, output=cmd.data)
         return Decision(run, changed=True)
 
+    if cmd.op == "steps":
+        return _on_branches(run, cmd, attempt_view, now_ms)
+
     if cmd.op in ("sleep", "wait", "invoke"):
         if cmd.step_hash is None or cmd.step_hash in run.steps:
             return Decision(run, note="duplicate step")
@@ -463,11 +466,7 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
     error = cmd.error or ErrorInfo()
     attempts_left = cmd.attempt + 1 < run.max_attempts
     if attempts_left and not cmd.no_retry:
-        delay = delay_after_failure(run.function, cmd.attempt, seed=job.job_id, retry_after_ms=cmd.retry_after_ms)
-        job.failed_attempts.append(attempt_view)
-        job.retry_timer = f"{job.job_id}:{cmd.attempt + 1}"
-        job.retry_due = now_ms + delay
-        return Decision(run, [StartTimer("start_timer", job.retry_timer, job.retry_due)], changed=True)
+        return _retry_later(run, cmd, attempt_view, now_ms, cmd.retry_after_ms)
 
     if cmd.step_hash is not None and cmd.step_hash not in run.steps:
         # The step failed for good: memoize its error; the function decides what follows.
@@ -478,6 +477,51 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
         return Decision(run, [_next_job(run, now_ms)], changed=True)
     _finish(run, "failed", now_ms, error=error)
     return Decision(run, changed=True)
+
+
+def _retry_later(run: RunState, cmd: StepOutcome, attempt_view: StepAttemptView, now_ms: int,
+                 retry_after_ms: int | None) -> Decision:
+    job = run.job
+    assert job is not None
+    delay = delay_after_failure(run.function, cmd.attempt, seed=job.job_id, retry_after_ms=retry_after_ms)
+    job.failed_attempts.append(attempt_view)
+    job.retry_timer = f"{job.job_id}:{cmd.attempt + 1}"
+    job.retry_due = now_ms + delay
+    return Decision(run, [StartTimer("start_timer", job.retry_timer, job.retry_due)], changed=True)
+
+
+def _on_branches(run: RunState, cmd: StepOutcome, attempt_view: StepAttemptView, now_ms: int) -> Decision:
+    """``step.parallel``: the branches this job executed. Each success is memoized now; a
+    retriable failure retries the job (which then runs only the branches without a result),
+    a final one is memoized as the step's error."""
+    job = run.job
+    assert job is not None
+    attempts_left = cmd.attempt + 1 < run.max_attempts
+    retry, retry_after = False, None
+    for r in cmd.results or []:
+        h = r.get("step_hash")
+        if not h or h in run.steps:
+            continue
+        step_id = r.get("step_id") or h
+        if r.get("op") == "step_ok":
+            if not _memoize(run, h, step_id, now_ms, output=r.get("data"),
+                            attempts=[*job.failed_attempts, attempt_view]):
+                return Decision(run, changed=True)
+            continue
+        err = r.get("error") or {}
+        error = ErrorInfo(name=str(err.get("name", "Error")), message=str(err.get("message", "")),
+                          stack=err.get("stack"))
+        if attempts_left and not r.get("no_retry"):
+            retry = True
+            if r.get("retry_after_ms") is not None:
+                retry_after = max(retry_after or 0, int(r["retry_after_ms"]))
+            continue
+        view = attempt_view.model_copy(update={"error": error})
+        if not _memoize(run, h, step_id, now_ms, error=error, attempts=[*job.failed_attempts, view]):
+            return Decision(run, changed=True)
+    if retry:
+        return _retry_later(run, cmd, attempt_view, now_ms, retry_after)
+    return Decision(run, [_next_job(run, now_ms)], changed=True)
 
 
 def on_timer(run: RunState, cmd: TimerFired, now_ms: int, *, started: bool = True) -> Decision:

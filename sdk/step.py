@@ -28,12 +28,14 @@ with ``NonDeterminismError`` naming the steps, rather than run side effects twic
 from __future__ import annotations
 
 import hashlib
+import asyncio
 import datetime as dt
 import inspect
 import json
 import re
 import time
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -116,6 +118,23 @@ def _sleep_until_ms(when: dt.datetime | str) -> int:
     return int(aware.timestamp() * 1000)
 
 
+MAX_PARALLEL = 100  # branches of one step.parallel
+
+
+class _Discovered(BaseException):
+    """Internal: a ``step.parallel`` branch reached a new ``step.run`` (not run yet)."""
+
+    def __init__(self, full_id: str, h: str, fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        super().__init__(full_id)
+        self.full_id, self.hash, self.fn, self.args = full_id, h, fn, args
+
+
+def _branch_results(branches: list[Any], errors: dict[int, BaseException]) -> tuple[Any, ...]:
+    for i in sorted(errors):
+        raise errors[i]
+    return tuple(branches)
+
+
 @dataclass
 class _StepBase:
     memos: dict[str, dict[str, Any]]
@@ -124,6 +143,7 @@ class _StepBase:
     sender: Sender | None = None  # step.send_event's transport (the worker's producer)
     _seen: dict[str, int] = field(default_factory=dict)
     _reached: set[str] = field(default_factory=set)
+    _discovering: bool = False  # inside step.parallel's first pass
 
     def _resolve(self, step_id: str) -> tuple[str, str, dict[str, Any] | None]:
         if not isinstance(step_id, str) or not step_id:
@@ -165,6 +185,10 @@ class _StepBase:
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return True, self._replay(full_id, memo)
+        if self._discovering:
+            raise StepInterrupt(_failure(NonRetriableError(
+                f"step {full_id!r}: only step.run may start a step.parallel branch (sleep, wait_for_event and "
+                "invoke may follow it in the function)"), None, None))
         self._new_step(full_id, h)
         try:
             body = op()
@@ -244,6 +268,48 @@ class _StepBase:
             return out
         return self._durable(step_id, op)[1]
 
+    def _discover(self, branches: Any) -> tuple[list[Any], dict[int, BaseException], list[tuple[int, _Discovered]]]:
+        """First pass of ``step.parallel``: each branch up to its first new ``step.run``."""
+        calls = list(branches)
+        if not calls or len(calls) > MAX_PARALLEL or not all(callable(c) for c in calls):
+            raise StepInterrupt(_failure(NonRetriableError(
+                f"step.parallel: give 1 to {MAX_PARALLEL} callables (e.g. lambda: step.run('a', fetch_a)), "
+                f"got {len(calls)}"), None, None))
+        results: list[Any] = [None] * len(calls)
+        errors: dict[int, BaseException] = {}
+        planned: list[tuple[int, _Discovered]] = []
+        self._discovering = True
+        try:
+            for i, branch in enumerate(calls):
+                try:
+                    results[i] = branch()
+                except _Discovered as found:
+                    planned.append((i, found))
+                except Exception as exc:  # a memoized error (StepError) or the branch's own bug
+                    errors[i] = exc
+        finally:
+            self._discovering = False
+        return results, errors, planned
+
+    def _planned_or_check(self, planned: list[tuple[int, _Discovered]]) -> None:
+        unreached = self.unreached()
+        if unreached:
+            first = planned[0][1].full_id
+            raise StepInterrupt(_nondeterminism(unreached, self.memos, f"step.parallel reached new step {first!r}"))
+        if self.plan_only:
+            _i, found = planned[0]
+            raise StepInterrupt({"op": "planned", "step_hash": found.hash, "step_id": found.full_id})
+
+    @staticmethod
+    def _branch_outcome(found: _Discovered, value: Any = None, exc: BaseException | None = None) -> dict[str, Any]:
+        if exc is not None:
+            return _failure(exc, found.hash, found.full_id)
+        try:
+            data = _check_output(value, found.full_id)
+        except Exception as bad:
+            return _failure(bad, found.hash, found.full_id)
+        return {"op": "step_ok", "step_hash": found.hash, "step_id": found.full_id, "data": data}
+
     def _event_batch(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]], h: str) -> list[dict[str, Any]]:
         batch = [events] if isinstance(events, dict) else list(events)
         if not batch or len(batch) > limits.MAX_EVENTS_PER_REQUEST:
@@ -269,6 +335,8 @@ class Step(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
+        if self._discovering:
+            raise _Discovered(full_id, h, fn, args)
         self._new_step(full_id, h)
         try:
             value = fn(*args)
@@ -299,6 +367,26 @@ class Step(_StepBase):
         return its result; its failure, skip or timeout raises :class:`StepError` here."""
         return self._invoke(step_id, function, data, timeout)
 
+    def parallel(self, branches: Any) -> tuple[Any, ...]:
+        """Run branches at once: ``step.parallel([lambda: step.run("a", fa), lambda: step.run("b", fb)])``
+        → ``(a, b)``. Their new steps execute together in this job (threads) and each result is
+        memoized on its own; a failed one is retried alone. A branch error raises here after
+        all branches have their results."""
+        results, errors, planned = self._discover(branches)
+        if not planned:
+            return _branch_results(results, errors)
+        self._planned_or_check(planned)
+        with ThreadPoolExecutor(max_workers=len(planned), thread_name_prefix="sg-parallel") as pool:
+            futures = [pool.submit(found.fn, *found.args) for _i, found in planned]
+        outcomes = []
+        for (_i, found), fut in zip(planned, futures):
+            exc = fut.exception()
+            value = None if exc is not None else fut.result()
+            if exc is None and inspect.isawaitable(value):
+                exc, value = NonRetriableError(f"step {found.full_id!r}: an async step needs an async handler"), None
+            outcomes.append(self._branch_outcome(found, value, exc))
+        raise StepInterrupt({"op": "steps", "results": outcomes})
+
     def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         """Send events (each starts every function it triggers) once; returns their ids."""
         full_id, h, memo = self._resolve(step_id)
@@ -317,6 +405,8 @@ class AsyncStep(_StepBase):
         full_id, h, memo = self._resolve(step_id)
         if memo is not None:
             return self._replay(full_id, memo)
+        if self._discovering:
+            raise _Discovered(full_id, h, fn, args)
         self._new_step(full_id, h)
         try:
             value = fn(*args)
@@ -340,6 +430,44 @@ class AsyncStep(_StepBase):
     async def invoke(self, step_id: str, *, function: Any, data: dict[str, Any] | None = None,
                      timeout: int | dt.timedelta | str | None = None) -> Any:
         return self._invoke(step_id, function, data, timeout)
+
+    async def parallel(self, branches: Any) -> tuple[Any, ...]:
+        """As :meth:`Step.parallel`; branches are ``lambda: step.run(...)`` (not awaited) and
+        their steps run together (coroutines gathered; sync functions in threads)."""
+        calls = list(branches) if not callable(branches) else [branches]
+
+        def first_pass_branch(branch: Callable[[], Any]) -> Callable[[], Any]:
+            def call() -> Any:
+                value = branch()
+                if inspect.iscoroutine(value):  # await step.run(...) of a memoized step: drive it here
+                    try:
+                        value.send(None)
+                    except StopIteration as done:
+                        return done.value
+                    raise StepInterrupt(_failure(NonRetriableError(
+                        "step.parallel: a branch must only call step.run (no other awaits)"), None, None))
+                return value
+            return call
+
+        results, errors, planned = self._discover([first_pass_branch(b) for b in calls])
+        if not planned:
+            return _branch_results(results, errors)
+        self._planned_or_check(planned)
+
+        async def execute(found: _Discovered) -> dict[str, Any]:
+            try:
+                if inspect.iscoroutinefunction(found.fn):
+                    value = await found.fn(*found.args)
+                else:  # a blocking function must not stall its siblings
+                    value = await asyncio.to_thread(found.fn, *found.args)
+                    if inspect.isawaitable(value):
+                        value = await value
+            except Exception as exc:
+                return self._branch_outcome(found, exc=exc)
+            return self._branch_outcome(found, value)
+
+        outcomes = await asyncio.gather(*(execute(found) for _i, found in planned))
+        raise StepInterrupt({"op": "steps", "results": list(outcomes)})
 
     async def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         full_id, h, memo = self._resolve(step_id)

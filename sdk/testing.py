@@ -35,21 +35,68 @@ class RunResult:
     memos: dict[str, dict[str, Any]] = field(default_factory=dict)
     step_ids: list[str] = field(default_factory=list)
     calls: int = 0
+    sent: list[dict[str, Any]] = field(default_factory=list)
 
 
-def run(fn: Function, event: dict[str, Any], max_calls: int = 1000) -> RunResult:
-    """Drive a run to the end: memoize each step, retry failures at once up to the budget."""
+def _durable_memo(out: dict[str, Any], wait_events: dict[str, dict[str, Any] | None],
+                  invoke_results: dict[str, Any]) -> dict[str, Any]:
+    if out["op"] == "sleep":
+        return {"data": None}
+    if out["op"] == "wait":
+        return {"data": wait_events.get(out["step_id"])}
+    target = out["invoke_function"]
+    if target not in invoke_results:
+        return {"error": {"name": "FunctionNotFound", "message": f"no invoke result given for {target!r}"}}
+    value = invoke_results[target]
+    if isinstance(value, BaseException):
+        return {"error": {"name": type(value).__name__, "message": str(value)}}
+    return {"data": value}
+
+
+def run(fn: Function, event: dict[str, Any], max_calls: int = 1000, *,
+        wait_events: dict[str, dict[str, Any] | None] | None = None,
+        invoke_results: dict[str, Any] | None = None) -> RunResult:
+    """Drive a run to the end: memoize each step, retry failures at once up to the budget.
+
+    Durable steps resolve at once: a sleep ends, a wait gets ``wait_events[step_id]`` (or
+    ``None``, its timeout), an invoke of function ``f`` returns ``invoke_results[f]`` (an
+    exception instance there becomes the step's error). Events of ``step.send_event`` are
+    collected in ``RunResult.sent``.
+    """
     events = [_event(event)]
     memos: dict[str, dict[str, Any]] = {}
     result = RunResult(status="running")
     attempt = 0
     max_attempts = fn.config.retry_policy.attempts + 1
+
+    def sender(batch: list[dict[str, Any]]) -> list[str]:
+        result.sent.extend(batch)
+        return [e["id"] for e in batch]
+
     while result.calls < max_calls:
         result.calls += 1
-        out = call_once(fn, _ctx(fn, events, attempt, "test-run"), memos)
+        out = call_once(fn, _ctx(fn, events, attempt, "test-run"), memos, sender=sender)
         if out["op"] == "run_ok":
             result.status, result.output = "completed", out["data"]
             break
+        if out["op"] in ("sleep", "wait", "invoke"):
+            memos[out["step_hash"]] = _durable_memo(out, wait_events or {}, invoke_results or {})
+            result.step_ids.append(out["step_id"])
+            attempt = 0
+            continue
+        if out["op"] == "steps":
+            failed = False
+            for branch in out["results"]:
+                if branch["op"] == "step_ok":
+                    memos[branch["step_hash"]] = {"data": json.loads(json.dumps(branch["data"]))}
+                    result.step_ids.append(branch["step_id"])
+                elif branch.get("no_retry") or attempt + 1 >= max_attempts:
+                    memos[branch["step_hash"]] = {"error": branch["error"]}
+                    result.step_ids.append(branch["step_id"])
+                else:
+                    failed = True
+            attempt = attempt + 1 if failed else 0
+            continue
         if out["op"] == "step_ok":
             memos[out["step_hash"]] = {"data": json.loads(json.dumps(out["data"]))}
             result.step_ids.append(out["step_id"])

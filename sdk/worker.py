@@ -57,7 +57,7 @@ Ack = tuple[int, int, "KafkaError | None"]  # (partition, offset, delivery error
 
 
 _DURABLE_FIELDS = ("duration_ms", "until_ms", "wait_event", "wait_match", "wait_if", "timeout_ms", "invoke_app",
-                   "invoke_function", "invoke_data")
+                   "invoke_function", "invoke_data", "results")
 
 
 def check_concurrency(value: object) -> int:

@@ -119,7 +119,8 @@ class StepOutcome(_Model):
     ``run_ok`` (the function returned ``data``; no step left), or a durable step the engine
     carries out: ``sleep`` (``duration_ms`` from ``ended_at``, or ``until_ms``), ``wait``
     (``wait_event``, ``wait_match`` or ``wait_if``, ``timeout_ms``), ``invoke``
-    (``invoke_app``/``invoke_function``, ``invoke_data``, ``timeout_ms``).
+    (``invoke_app``/``invoke_function``, ``invoke_data``, ``timeout_ms``); or ``steps``: the
+    branches of a ``step.parallel`` this job executed together (``results``).
     """
 
     kind: Literal["outcome"] = "outcome"
@@ -128,7 +129,7 @@ class StepOutcome(_Model):
     run_id: str
     job_id: str
     attempt: int
-    op: Literal["step_ok", "step_error", "run_ok", "sleep", "wait", "invoke"]
+    op: Literal["step_ok", "step_error", "run_ok", "sleep", "wait", "invoke", "steps"]
     step_hash: str | None = None
     step_id: str | None = None
     data: Any = None
@@ -146,6 +147,8 @@ class StepOutcome(_Model):
     invoke_app: str | None = None
     invoke_function: str | None = None
     invoke_data: dict[str, Any] | None = None
+    results: list[dict[str, Any]] | None = Field(None, description=(
+        "op steps (step.parallel): one step_ok / step_error outcome per branch executed by this job"))
     started_at: int
     ended_at: int
     worker_id: str = ""

@@ -215,3 +215,93 @@ def test_on_failure_runs_once_with_the_error(engine_cleanup: "Engine") -> None:
     data = seen[0]
     assert data["run_id"] == run["run_id"] and data["event"]["data"] == {"k": 1}
     assert data["error"]["name"] == "StepError" or "no good" in data["error"]["message"]
+
+
+def test_parallel_steps_run_together_each_memoized_and_a_failed_branch_is_retried_alone(
+        engine_cleanup: "Engine") -> None:
+    from sluicegate.sdk import Retries
+
+    sg = engine_cleanup.app("parallel")
+    calls: dict[str, int] = {"a": 0, "b": 0, "c": 0}
+    lock = threading.Lock()
+    spans: dict[str, tuple[float, float]] = {}
+
+    def branch(name: str, fail_first: bool = False) -> Callable[[], str]:
+        def body() -> str:
+            with lock:
+                calls[name] += 1
+                n = calls[name]
+            start = time.monotonic()
+            time.sleep(0.5)
+            spans[name] = (start, time.monotonic())
+            if fail_first and n == 1:
+                raise RuntimeError("flaky")
+            return name.upper()
+        return body
+
+    @sg.function(id="fan-in", trigger=TriggerEvent(event="par.go"),
+                 retries=Retries(attempts=2, backoff=[1000], jitter=0))
+    def fan_in(ctx: Any, step: Any) -> str:
+        a, b, c = step.parallel([lambda: step.run("a", branch("a")), lambda: step.run("b", branch("b")),
+                                 lambda: step.run("c", branch("c", fail_first=True))])
+        return step.run("join", lambda: a + b + c)
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "par.go"})
+    run = engine_cleanup.wait_run(event_id, timeout=60)
+    assert (run["status"], run["output"]) == ("completed", "ABC")
+    assert calls == {"a": 1, "b": 1, "c": 2}  # only the failed branch ran again
+    # a and b overlapped in time: they ran together, not one after the other
+    assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1]
+    steps = {s["id"]: s for s in run["steps"]}
+    assert set(steps) == {"a", "b", "c", "join"}
+    assert [att["attempt"] for att in steps["c"]["attempts"]] == [0, 1]
+
+
+def test_cancel_on_while_waiting_for_an_event_and_a_late_match_changes_nothing(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("cancelwait")
+
+    @sg.function(id="approval", trigger=TriggerEvent(event="request.made"),
+                 cancel_on=[Cancel(event="request.withdrawn", if_exp="event.data.req == async.data.req")])
+    def approval(ctx: Any, step: Any) -> Any:
+        return step.wait_for_event("approved", event="request.approved", match="data.req", timeout="1m")
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "request.made", "data": {"req": 42}})
+    engine_cleanup.wait_run(event_id, until=lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+    sg.send({"name": "request.withdrawn", "data": {"req": 42}})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "cancelled"
+    sg.send({"name": "request.approved", "data": {"req": 42}})
+    time.sleep(1.5)
+    r = engine_cleanup.http.get(f"/v1/runs/{run['run_id']}").json()
+    assert r["status"] == "cancelled" and r.get("output") is None
+
+
+def test_cancel_by_event_while_a_step_executes_discards_its_result(engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("cancelexec")
+    entered, release = threading.Event(), threading.Event()
+    finished: list[str] = []
+
+    def long_step() -> str:
+        entered.set()
+        release.wait(20)
+        finished.append("done")
+        return "result"
+
+    @sg.function(id="job", trigger=TriggerEvent(event="job.start"),
+                 cancel_on=[Cancel(event="job.stop", match="data.job")])
+    def job(ctx: Any, step: Any) -> str:
+        return step.run("long", long_step)
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "job.start", "data": {"job": "j1"}})
+    assert entered.wait(30)
+    sg.send({"name": "job.stop", "data": {"job": "j1"}})
+    run = engine_cleanup.wait_run(event_id)
+    assert run["status"] == "cancelled"
+    release.set()
+    _wait(lambda: finished == ["done"], timeout=10, what="the step to finish")
+    time.sleep(1.5)  # its outcome has reached the engine by now
+    r = engine_cleanup.http.get(f"/v1/runs/{run['run_id']}").json()
+    assert r["status"] == "cancelled" and r.get("output") is None and r["steps"] == []
