@@ -84,7 +84,7 @@ def delay_after_failure(fn: FunctionDefinition, failed_attempt: int, *, seed: st
     ``retry_after_ms`` (a ``RetryAfterError``) wins, clamped to [1 s, 24 h]. Otherwise the
     function's policy (``fn.backoff``), else its table (``fn.backoff_ms``), else the default
     table gives the base delay, which is capped at 24 h; then up to ``fn.backoff_jitter_ms``
-    (None: 30 s) is added, derived from ``seed`` (the job id) and the attempt. A definition
+    is added (when unset: none with an ``Exponential``/``Fixed`` policy, 30 s otherwise), derived from ``seed`` (the job id) and the attempt. A definition
     written before ``backoff`` existed therefore gets the delays it always got.
     """
     if retry_after_ms is not None:
@@ -93,5 +93,8 @@ def delay_after_failure(fn: FunctionDefinition, failed_attempt: int, *, seed: st
     if base is None:
         base = _from_table(fn.backoff_ms, failed_attempt)
     base = min(max(base, 0), limits.MAX_RETRY_AFTER_MS)
-    jitter = None if fn.backoff_jitter_ms is None else max(fn.backoff_jitter_ms, 0)
+    if fn.backoff_jitter_ms is not None:
+        jitter: int | None = max(fn.backoff_jitter_ms, 0)
+    else:  # an Exponential or Fixed policy means the delays given, exactly; a table keeps 0-30 s
+        jitter = 0 if fn.backoff else None
     return _with_jitter(base, jitter, seed=seed, failed_attempt=failed_attempt)

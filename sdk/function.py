@@ -99,7 +99,8 @@ class Retries(BaseModel):
     :class:`Fixed` policy, or a table of 1–32 delays (int ms or timedeltas, each 0–24 h;
     failed attempt ``n`` waits ``table[min(n, len - 1)]``). None keeps the default schedule
     (15 s, 30 s, 1 m, 2 m, 5 m, 10 m, 20 m, 40 m, 1 h, then 2 h). ``jitter`` (int ms or
-    timedelta, 0–1 h; None: 30 s) is the most added to every delay; 0 gives exact delays.
+    timedelta, 0–1 h) is the most added to every delay; None means 0 with an Exponential or
+    Fixed policy and 30 s with a table or the default schedule.
     ``RetryAfterError`` still overrides the delay of the attempt it ends.
 
     ``backoff_ms=[...]`` and ``jitter_ms=...`` (the names before ``backoff`` existed) are

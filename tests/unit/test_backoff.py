@@ -139,11 +139,15 @@ def test_each_policy_without_jitter(retries: Retries, failed_attempt: int, base:
 
 
 @pytest.mark.parametrize(("retries", "failed_attempt", "base"), POLICIES)
-def test_each_policy_gets_the_default_jitter_unless_told(retries: Retries, failed_attempt: int, base: int) -> None:
+def test_a_policy_without_jitter_is_exact_and_a_table_gets_the_default_jitter(
+        retries: Retries, failed_attempt: int, base: int) -> None:
     fn = defined(retries)
     delays = [delay_after_failure(fn, failed_attempt, seed=s, retry_after_ms=None) for s in SEEDS]
-    assert all(base <= d <= base + DEFAULT_JITTER_MS for d in delays)
-    assert min(delays) - base < 5 * S and max(delays) - base > 25 * S
+    if isinstance(retries.backoff, (Exponential, Fixed)):
+        assert set(delays) == {base}  # Exponential / Fixed mean exactly the delays given
+    else:
+        assert all(base <= d <= base + DEFAULT_JITTER_MS for d in delays)
+        assert min(delays) - base < 5 * S and max(delays) - base > 25 * S
 
 
 @pytest.mark.parametrize("jitter", [1, 250, 10 * SEC, dt.timedelta(hours=1)])
