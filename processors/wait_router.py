@@ -151,11 +151,22 @@ class WaitRouter:
             events = await loop.run_in_executor(None, read_back, self.settings, partition, waiter.since_ms, offset)
             hit = first_match(waiter, (e for _o, e in events))
             log.info("router: wait %s looked back over %d event(s) read from Kafka", waiter.wait_id, len(events))
+            self._extend_back(partition, events, waiter.since_ms, now)
         if hit is not None:
             await self._resolve(waiter, hit)
             return
         index.add(waiter)
         self.waits[waiter.wait_id.encode()] = waiter.dumps()
+
+    def _extend_back(self, partition: int, events: list[tuple[int, EventRecord]], since_ms: int, now: int) -> None:
+        """The events read back are every event of the partition from the first one stamped
+        ``since_ms - SKEW_MS`` or later up to now, so they make a buffer that covers waits
+        planned since ``since_ms`` (the next such wait needs no read)."""
+        buffer = LookbackBuffer(started_at_ms=since_ms - SKEW_MS, max_events=max(1, self.settings.wait_lookback_events),
+                                max_age_ms=self.settings.wait_lookback_ms)
+        for offset, event in events:
+            buffer.append(offset, event, now)
+        self._lookback[partition] = buffer  # it holds everything the old one did, and more
 
     async def _match_waits(self, event: EventRecord, partition: int, offset: int) -> None:
         index, buffer = self._wait_state(partition)

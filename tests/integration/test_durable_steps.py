@@ -305,3 +305,27 @@ def test_cancel_by_event_while_a_step_executes_discards_its_result(engine_cleanu
     time.sleep(1.5)  # its outcome has reached the engine by now
     r = engine_cleanup.http.get(f"/v1/runs/{run['run_id']}").json()
     assert r["status"] == "cancelled" and r.get("output") is None and r["steps"] == []
+
+
+def test_after_a_processor_restart_a_wait_looks_back_in_kafka_and_a_pending_wait_survives(
+        engine_cleanup: "Engine") -> None:
+    sg = engine_cleanup.app("lookback")
+
+    @sg.function(id="pair", trigger=TriggerEvent(event="pair.open"))
+    def pair(ctx: Any, step: Any) -> Any:
+        other = step.wait_for_event("other", event="pair.close", match="data.pair", timeout="1m")
+        return None if other is None else other["data"]["n"]
+
+    engine_cleanup.start_worker(sg)
+    [pending] = sg.send({"name": "pair.open", "data": {"pair": "before-restart"}})
+    engine_cleanup.wait_run(pending, until=lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+    processor = engine_cleanup.processor
+    processor.kill()
+    sg.send({"name": "pair.close", "data": {"pair": "before-restart", "n": 1}})  # while the engine is down
+    processor.start()
+    # right after a restart the in-memory lookback is empty: this wait must read Kafka back
+    [raced] = sg.send({"name": "pair.open", "data": {"pair": "after-restart"}})
+    sg.send({"name": "pair.close", "data": {"pair": "after-restart", "n": 2}})
+    assert engine_cleanup.wait_run(pending)["output"] == 1
+    assert engine_cleanup.wait_run(raced)["output"] == 2
+    assert "looked back over" in processor.tail(20000)
