@@ -12,8 +12,11 @@ from __future__ import annotations
 # list of JSON-able result dicts it printed.
 BENCHMARKS: dict[str, str] = {
     "B1": "bench.b1_latency:main",
+    "B2": "bench.b2_step_gap:main",  # gap between one step's end and the next one's start
     "B4": "bench.b4_noisy_neighbour:main",  # noisy-neighbour fairness vs a plain FIFO consumer
     "B5": "bench.b5_many_tenants:main",  # Jain's index over 100 backlogged tenants
     "B6": "bench.b6_key_cardinality:main",  # 10k keys x 3 vs 1 key x 30k, throughput ratio
+    "B9": "bench.b9_timers:main",  # lateness of step.sleep timers
+    "B10": "bench.b10_event_match:main",  # wait_for_event match latency with many live waiters
     "FLOW": "bench.flow_grouping:main",  # debounce / batching throughput and lateness (issue 3)
 }

@@ -151,6 +151,8 @@ def _new_run(cmd: Trigger, status: Literal["running", "queued"], now_ms: int, si
         status=status, events=[e.as_payload() for e in cmd.events], event_ids=[e.id for e in cmd.events],
         created_at=now_ms, started_at=now_ms if status == "running" else None, singleton_key=singleton_key,
         received_at=min((e.received_at for e in cmd.events), default=now_ms),
+        # run state counts the events too (reference §0: events + step outputs, 32 MiB)
+        state_bytes=sum(len(e.model_dump_json()) for e in cmd.events) if len(cmd.events) > 1 else 0,
     )
 
 

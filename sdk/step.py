@@ -41,6 +41,7 @@ from typing import Any, Callable
 
 from .. import limits
 from ..durations import MAX_SLEEP_MS, to_ms
+from ..errors import InvalidInput
 from ..expressions import InvalidExpression, compile_expression
 from .errors import NonRetriableError, RetryAfterError, StepError, StepInterrupt
 
@@ -325,7 +326,10 @@ class _StepBase:
     def _send_events(self, events: list[dict[str, Any]]) -> list[str]:
         if self.sender is None:
             raise NonRetriableError("step.send_event: this call has no event transport")
-        return self.sender(events)
+        try:
+            return self.sender(events)
+        except InvalidInput as exc:  # a bad or too large event does not get better on retry
+            raise NonRetriableError(f"step.send_event: {exc}") from None
 
 
 class Step(_StepBase):
