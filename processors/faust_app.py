@@ -36,12 +36,14 @@ import faust
 from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
+from ..expressions import ExpressionError, evaluate
 from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import parse_timer_key, timer_key
 from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
+from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CancelRun, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition,
                     Heartbeat, StepOutcome, TimerFired, Trigger, WaitResolved, command_adapter)
@@ -49,7 +51,6 @@ from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
-from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from .run_decisions import (Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
                             RegisterWait, StartTimer, cancel, decide)
 from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
@@ -350,8 +351,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
         """Bulk cancellation: every run of the function on this partition that has not ended,
         was created in the range and whose first event passes ``if_exp``; then the count goes
         to ``sg.stats`` (``cancellation/<id>``) for the API."""
-        from ..expressions import ExpressionError, evaluate
-
         dp = self._dp(partition)
         candidates = [r.run_id for r in list(dp.records.values())
                       if (r.app_id, r.function_id) == (cmd.app_id, cmd.function_id) and not r.run_ended
