@@ -63,7 +63,7 @@ from typing import Any, Literal, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import InvalidInput
-from ..expressions import ExpressionError, compile_expression, evaluate
+from ..expressions import ExpressionError, InvalidExpression, compile_expression, evaluate, match_expression
 from ..wire import EventRecord
 
 SKEW_MS = 10_000
@@ -106,30 +106,19 @@ class Waiter(BaseModel):
 # ---------------------------------------------------------------------------- building
 
 _IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
-_DOTTED = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
-_CEL_RESERVED = frozenset({
-    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
-    "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"})
 
 
 def match_to_if(match: str) -> str:
     """``"data.user.id"`` → ``"event.data.user.id == async.data.user.id"``.
 
     ``match`` must be a dotted path of identifiers relative to the event (``data.x``,
-    ``user.x``, ...); raises :class:`InvalidMatch` (a ``ValueError``) otherwise.
+    ``user.x``, ...); raises :class:`InvalidMatch` (a ``ValueError``) otherwise
+    (:func:`sluicegate.expressions.match_expression` holds the rule).
     """
-    if not isinstance(match, str) or not _DOTTED.fullmatch(match.strip()):
-        raise InvalidMatch(f"match: {match!r} is not a dotted field path such as 'data.user.id'", field="match")
-    path = match.strip()
-    parts = path.split(".")
-    if parts[0] in ("event", "async"):
-        raise InvalidMatch(f"match: {match!r} must be relative to the event: write "
-                           f"{'.'.join(parts[1:]) or 'data.x'!r}, without '{parts[0]}.'", field="match")
-    reserved = [p for p in parts if p in _CEL_RESERVED]
-    if reserved:
-        raise InvalidMatch(f"match: {match!r} uses the reserved word {reserved[0]!r}; use 'if' with "
-                           f"index syntax instead", field="match")
-    return f"event.{path} == async.{path}"
+    try:
+        return match_expression(match)
+    except InvalidExpression as exc:
+        raise InvalidMatch(exc.message, field="match") from None
 
 
 # A CEL string literal: raw (no escapes) or not, optionally bytes, single/double/triple quoted.

@@ -176,10 +176,14 @@ def _lifecycle(run: RunState) -> list[Action]:
     actions: list[Action] = []
     trigger = run.events[0] if run.events else None
     for i, entry in enumerate(run.function.cancel_on):
-        waiter = make_waiter(
-            wait_id=f"{run.run_id}:cancel:{i}", app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
-            event=entry.event, since_ms=run.received_at, expires_ms=run.created_at + entry.timeout_ms,
-            trigger_event=trigger, match=entry.match, if_exp=entry.if_exp, purpose="cancel")
+        try:
+            waiter = make_waiter(
+                wait_id=f"{run.run_id}:cancel:{i}", app_id=run.app_id, function_id=run.function_id,
+                run_id=run.run_id, event=entry.event, since_ms=run.received_at,
+                expires_ms=run.created_at + entry.timeout_ms, trigger_event=trigger, match=entry.match,
+                if_exp=entry.if_exp, purpose="cancel")
+        except (InvalidExpression, InvalidMatch) as exc:  # a definition from a worker that skipped validation
+            raise _BadLifecycle(f"cancel_on[{i}]: {exc}") from None
         run.cancel_waits.append(waiter.wait_id)
         actions.append(RegisterWait("register_wait", waiter))
     timer = start_timeout_timer(run)
@@ -188,16 +192,32 @@ def _lifecycle(run: RunState) -> list[Action]:
     return actions
 
 
+class _BadLifecycle(Exception):
+    """The function's lifecycle configuration cannot be applied to this run."""
+
+
+def _unstartable(run: RunState, exc: _BadLifecycle, now_ms: int) -> Decision:
+    run.cancel_waits = []
+    _finish(run, "failed", now_ms, error=ErrorInfo(name="InvalidExpression", message=str(exc)))
+    return _ended(Decision(run, changed=True), now_ms)
+
+
 def start(cmd: Trigger, now_ms: int, singleton_key: str | None = None) -> Decision:
     run = _new_run(cmd, "running", now_ms, singleton_key)
-    actions = _lifecycle(run)
+    try:
+        actions = _lifecycle(run)
+    except _BadLifecycle as exc:
+        return _unstartable(run, exc, now_ms)
     return Decision(run, [*actions, _next_job(run, now_ms, since_ms=run.received_at)], changed=True)
 
 
 def queued(cmd: Trigger, now_ms: int, singleton_key: str | None) -> Decision:
     """A run that waits (singleton ``queue`` mode) until :func:`release` starts it."""
     run = _new_run(cmd, "queued", now_ms, singleton_key)
-    return Decision(run, _lifecycle(run), changed=True)
+    try:
+        return Decision(run, _lifecycle(run), changed=True)
+    except _BadLifecycle as exc:
+        return _unstartable(run, exc, now_ms)
 
 
 def release(run: RunState, now_ms: int) -> Decision:
@@ -526,6 +546,11 @@ def _on_branches(run: RunState, cmd: StepOutcome, attempt_view: StepAttemptView,
     return Decision(run, [_next_job(run, now_ms)], changed=True)
 
 
+def _seconds(ms: int | None) -> str:
+    ms = ms or 0
+    return f"{ms // 1000} s" if ms % 1000 == 0 else f"{ms / 1000:.3f} s"
+
+
 def on_timer(run: RunState, cmd: TimerFired, now_ms: int, *, started: bool = True) -> Decision:
     """A retry, a durable step's or a timeout's timer. ``started``: the run's first job has
     been dispatched (the dispatcher knows; it decides a start timeout)."""
@@ -543,12 +568,12 @@ def on_timer(run: RunState, cmd: TimerFired, now_ms: int, *, started: bool = Tru
         if started:
             return Decision(run, note="started in time")
         t = run.function.timeouts
-        secs = (t.start_ms or 0) / 1000 if t else 0
-        return cancel(run, f"timeout: the run did not start within {secs:g} s", now_ms, by="timeout")
+        return cancel(run, f"timeout: the run did not start within {_seconds(t.start_ms if t else 0)}", now_ms,
+                      by="timeout")
     if cmd.timer_id == f"{run.run_id}:timeout-finish":
         t = run.function.timeouts
-        secs = (t.finish_ms or 0) / 1000 if t else 0
-        return cancel(run, f"timeout: the run did not finish within {secs:g} s of starting", now_ms, by="timeout")
+        return cancel(run, f"timeout: the run did not finish within {_seconds(t.finish_ms if t else 0)} of "
+                      "starting", now_ms, by="timeout")
     job = run.job
     if job is None or job.retry_timer != cmd.timer_id:
         return Decision(run, note="stale timer")

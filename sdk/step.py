@@ -42,11 +42,10 @@ from typing import Any, Callable
 from .. import limits
 from ..durations import MAX_SLEEP_MS, to_ms
 from ..errors import InvalidInput
-from ..expressions import InvalidExpression, compile_expression
+from ..expressions import InvalidExpression, compile_expression, match_expression
 from .errors import NonRetriableError, RetryAfterError, StepError, StepInterrupt
 
 Sender = Callable[[list[dict[str, Any]]], list[str]]
-_MATCH_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 def step_hash(step_id: str) -> str:
@@ -107,14 +106,15 @@ def _nondeterminism(unreached: list[str], memos: dict[str, dict[str, Any]], wher
     return out
 
 
-def _sleep_until_ms(when: dt.datetime | str) -> int:
+def _sleep_until_ms(step_id: str, when: dt.datetime | str) -> int:
+    bad = NonRetriableError(f"step.sleep_until({step_id!r}): expected a datetime or an ISO 8601 string, got {when!r}")
     if isinstance(when, str):
         try:
             when = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
         except ValueError:
-            raise NonRetriableError(f"sleep_until: expected a datetime or an ISO 8601 string, got {when!r}") from None
+            raise bad from None
     if not isinstance(when, dt.datetime):
-        raise NonRetriableError(f"sleep_until: expected a datetime or an ISO 8601 string, got {when!r}")
+        raise bad
     aware = when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
     return int(aware.timestamp() * 1000)
 
@@ -208,7 +208,7 @@ class _StepBase:
 
     def _sleep_until(self, step_id: str, when: dt.datetime | str) -> None:
         def op() -> dict[str, Any]:
-            until = _sleep_until_ms(when)
+            until = _sleep_until_ms(step_id, when)
             if until - time.time() * 1000 > MAX_SLEEP_MS:
                 raise NonRetriableError(f"step.sleep_until({step_id!r}): at most 366 days ahead")
             return {"op": "sleep", "until_ms": until}
@@ -222,9 +222,11 @@ class _StepBase:
                                         f"1 to {limits.MAX_EVENT_NAME_LENGTH} characters")
             if match is not None and if_exp is not None:
                 raise NonRetriableError(f"step.wait_for_event({step_id!r}): give match or if_exp, not both")
-            if match is not None and not _MATCH_PATH.match(match):
-                raise NonRetriableError(f"step.wait_for_event({step_id!r}): match must be a dotted field path "
-                                        f"such as 'data.user_id', got {match!r}")
+            if match is not None:
+                try:
+                    match_expression(match)
+                except InvalidExpression as exc:
+                    raise NonRetriableError(f"step.wait_for_event({step_id!r}): {exc.message}") from None
             if if_exp is not None:
                 try:
                     compile_expression(if_exp, field="if_exp")

@@ -8,6 +8,7 @@ field and the allowed range.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import re
 
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
@@ -44,6 +45,8 @@ def to_ms(value: object, *, field: str, minimum: int = 0, maximum: int = MAX_SLE
     elif isinstance(value, str):
         ms = _parse(value)
     else:
+        ms = None
+    if ms is not None and not math.isfinite(ms):
         ms = None
     if ms is None:
         raise ValueError(f"{field}: expected milliseconds (int), a timedelta or a duration string such as "

@@ -73,3 +73,28 @@ def key_value(source: str | None, event: dict[str, Any]) -> str | None:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
+
+
+_IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
+_DOTTED = re.compile(rf"{_IDENT}(?:\.{_IDENT})*")
+CEL_RESERVED = frozenset({
+    "true", "false", "null", "in", "as", "break", "const", "continue", "else", "for", "function", "if",
+    "import", "let", "loop", "package", "namespace", "return", "var", "void", "while"})
+
+
+def match_expression(match: object, *, field: str = "match") -> str:
+    """``match="data.user.id"`` (``wait_for_event``, ``cancel_on``) as the CEL condition
+    ``event.data.user.id == async.data.user.id``; :class:`InvalidExpression` naming ``field``
+    unless it is a dotted path of identifiers relative to the event."""
+    if not isinstance(match, str) or not _DOTTED.fullmatch(match.strip()):
+        raise InvalidExpression(f"{field}: {match!r} is not a dotted field path such as 'data.user.id'", field=field)
+    path = match.strip()
+    parts = path.split(".")
+    if parts[0] in ("event", "async"):
+        raise InvalidExpression(f"{field}: {match!r} must be relative to the event: write "
+                                f"{'.'.join(parts[1:]) or 'data.x'!r}, without '{parts[0]}.'", field=field)
+    reserved = [p for p in parts if p in CEL_RESERVED]
+    if reserved:
+        raise InvalidExpression(f"{field}: {match!r} uses the reserved word {reserved[0]!r}; use an if "
+                                f"expression with index syntax instead", field=field)
+    return f"event.{path} == async.{path}"

@@ -15,18 +15,16 @@ Durations are ms, ``timedelta`` or strings such as ``"30s"`` (:mod:`sluicegate.d
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import limits
 from .durations import DAY_MS, MAX_SLEEP_MS, to_ms
-from .expressions import InvalidExpression, compile_expression
+from .expressions import InvalidExpression, compile_expression, match_expression
 
 MAX_CANCEL_ON = 5
 DEFAULT_CANCEL_TIMEOUT_MS = 365 * DAY_MS
-_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class Cancel(BaseModel):
@@ -34,7 +32,8 @@ class Cancel(BaseModel):
     event: str = Field(min_length=1, max_length=limits.MAX_TRIGGER_NAME_LENGTH)
     match: str | None = Field(None, max_length=512)
     if_exp: str | None = Field(None, max_length=4096)
-    timeout_ms: int = Field(DEFAULT_CANCEL_TIMEOUT_MS, description="how long after the run's creation it applies")
+    timeout_ms: int = Field(DEFAULT_CANCEL_TIMEOUT_MS, ge=1000, le=MAX_SLEEP_MS,
+                            description="how long after the run's creation it applies")
 
     @model_validator(mode="before")
     @classmethod
@@ -49,8 +48,11 @@ class Cancel(BaseModel):
     @field_validator("match")
     @classmethod
     def _match(cls, v: str | None) -> str | None:
-        if v is not None and not _PATH.match(v):
-            raise ValueError(f"must be a dotted field path such as 'data.order_id', got {v!r}")
+        if v is not None:
+            try:
+                match_expression(v)
+            except InvalidExpression as exc:
+                raise ValueError(exc.message.removeprefix("match: ")) from None
         return v
 
     @field_validator("if_exp")
@@ -83,8 +85,8 @@ class Cancel(BaseModel):
 
 class Timeouts(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-    start_ms: int | None = Field(None, description="creation → first dispatch")
-    finish_ms: int | None = Field(None, description="first dispatch → end")
+    start_ms: int | None = Field(None, ge=1000, le=MAX_SLEEP_MS, description="creation → first dispatch")
+    finish_ms: int | None = Field(None, ge=1000, le=MAX_SLEEP_MS, description="first dispatch → end")
 
     @model_validator(mode="before")
     @classmethod
