@@ -198,7 +198,9 @@ class DispatchStage:
                             partitions_sharing=self._sharing())
             rec = ActiveRun(
                 run_id=run.run_id, app_id=run.app_id, function_id=run.function_id, partition=partition,
-                key=keys.key, enqueued_at=run.created_at, priority_s=keys.priority_s, weight=keys.weight,
+                # a replay's runs take turns with live work as a backlog of their own (fair selection
+                # goes over keys); their concurrency and throttle keys are the same as live runs'
+                key=keys.key if run.replay_id is None else f"replay:{run.replay_id}|{keys.key}", enqueued_at=run.created_at, priority_s=keys.priority_s, weight=keys.weight,
                 limits=[(lim.slot, lim.limit, lim.per) for lim in keys.limits],
                 throttle=None if keys.throttle is None else (keys.throttle.limit, keys.throttle.period_ms,
                                                              keys.throttle.burst),

@@ -46,13 +46,15 @@ from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CancelRun, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition,
-                    Heartbeat, StepOutcome, TimerFired, Trigger, WaitResolved, command_adapter)
+                    Heartbeat, ReplayCancel, ReplayContinue, ReplayStart, ReplayTally, RerunRun, StepOutcome,
+                    TimerFired, Trigger, WaitResolved, command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
+from .replay_stage import ReplayStage
 from .run_decisions import (Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
-                            RegisterWait, StartTimer, cancel, decide)
+                            RegisterWait, StartTimer, cancel, decide, rerun)
 from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
 
 log = logging.getLogger("sluicegate.processor")
@@ -71,7 +73,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(","))
 
 
-class Processor(FlowStage, DispatchStage, WaitRouter):
+class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
     """Holds the faust app and its helpers; ``create_app`` builds one."""
 
     def __init__(self, settings: Settings) -> None:
@@ -111,6 +113,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
         self.dispatch = self.app.Table("dispatch", key_type=bytes, value_type=bytes, partitions=s.partitions)
         # the router's live waiters (wait_for_event, invoke results, cancel_on): processors/wait_router.py
         self.waits = self.app.Table("waits", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        # replays' progress: processors/replay_stage.py
+        self.replays = self.app.Table("replays", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self._replay_readers = {}
         self._wait_index = {}
         self._lookback = {}
         self._waits_dirty = True
@@ -283,10 +288,17 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
         if isinstance(cmd, CancelRuns):
             await self._cancel_many(cmd, partition, now)
             return
+        if isinstance(cmd, (ReplayStart, ReplayContinue, ReplayCancel, ReplayTally)):
+            await self._on_replay(cmd, partition, now)
+            return
+        if isinstance(cmd, RerunRun):
+            await self._rerun(cmd, partition, now)
+            return
         raw = self.runs.get(cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         if isinstance(cmd, Trigger) and run is None:
-            for decision in self._schedule(cmd, now):
+            decisions = self._schedule(cmd, now) if cmd.replay_id is None else await self._schedule_replayed(cmd, now)
+            for decision in decisions:
                 await self._apply(decision, partition)
             return
         rec = self._dp(partition).records.get(cmd.run_id)
@@ -339,6 +351,30 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
         if state.finished and state.singleton_key is not None:
             for follow_up in self._on_run_end(state, now_ms()):
                 await self._apply(follow_up, partition)
+
+    async def _schedule_replayed(self, cmd: Trigger, now: int) -> list[Decision]:
+        """A replayed run: no admission or grouping (it re-runs what happened); with
+        ``only_if_original``, only if the original run ended that way (else tallied)."""
+        if cmd.only_if_original is not None:
+            original = self._run(cmd.replay_of or "")
+            if original is None or original.status not in cmd.only_if_original:
+                tally = self._replay_tally_for(cmd)
+                if tally is not None:
+                    await self._send(self.settings.commands_topic, *tally)
+                return []
+        return self._start_run(cmd, now)
+
+    async def _rerun(self, cmd: RerunRun, partition: int, now: int) -> None:
+        if self.runs.get(cmd.new_run_id.encode()) is not None:
+            return  # a repeated command
+        original = self._run(cmd.run_id)
+        if original is None:
+            log.warning("rerun of %s: no such run on this partition; ignored", cmd.run_id)
+            return
+        assert self.registry is not None
+        current = self.registry.items.get(function_key(cmd.app_id, cmd.function_id))
+        fn = current if isinstance(current, FunctionDefinition) else original.function
+        await self._apply(rerun(original, cmd, fn, now), partition)
 
     def _listened(self, event: EventRecord) -> bool:
         """``function.finished`` goes out only when an invoking caller or a function listens
@@ -459,6 +495,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
             _due, timer_id, value = heapq.heappop(self._heap)
             target = json.loads(value)
             target.setdefault("due_ms", _due)
+            if "replay_id" in target:
+                await self._on_replay_timer(target)
+                continue
             cmd = TimerFired(timer_id=timer_id, **target)
             key = function_key(cmd.app_id, cmd.function_id)
             await self._send(self.settings.commands_topic, key, cmd.dumps(),
@@ -484,7 +523,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter):
         self._stats_sent = current
 
 
-TABLES = ("runs", "timers", "flow", "dispatch", "waits")
+TABLES = ("runs", "timers", "flow", "dispatch", "waits", "replays")
 
 
 def changelog_topics(settings: Settings) -> list[NewTopic]:

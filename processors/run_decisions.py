@@ -42,8 +42,8 @@ from ..durations import MAX_SLEEP_MS
 from ..expressions import InvalidExpression
 from ..system_events import CANCELLED_EVENT, END_EVENTS, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT
 from ..state.run_state import CurrentJob, PendingStep, RunState, StepRecord
-from ..wire import (CancelRun, ErrorInfo, EventRecord, Job, StepAttemptView, StepOutcome, TimerFired, Trigger,
-                    WaitResolved)
+from ..wire import (CancelRun, ErrorInfo, EventRecord, FunctionDefinition, Job, RerunRun, StepAttemptView,
+                    StepOutcome, TimerFired, Trigger, WaitResolved)
 from .backoff import delay_after_failure
 from .event_waits import InvalidMatch, Waiter, make_waiter
 
@@ -151,6 +151,7 @@ def _new_run(cmd: Trigger, status: Literal["running", "queued"], now_ms: int, si
         status=status, events=[e.as_payload() for e in cmd.events], event_ids=[e.id for e in cmd.events],
         created_at=now_ms, started_at=now_ms if status == "running" else None, singleton_key=singleton_key,
         received_at=min((e.received_at for e in cmd.events), default=now_ms),
+        replay_id=cmd.replay_id, replay_of=cmd.replay_of,
         # run state counts the events too (reference §0: events + step outputs, 32 MiB)
         state_bytes=sum(len(e.model_dump_json()) for e in cmd.events) if len(cmd.events) > 1 else 0,
     )
@@ -209,6 +210,30 @@ def start(cmd: Trigger, now_ms: int, singleton_key: str | None = None) -> Decisi
     except _BadLifecycle as exc:
         return _unstartable(run, exc, now_ms)
     return Decision(run, [*actions, _next_job(run, now_ms, since_ms=run.received_at)], changed=True)
+
+
+def rerun(original: RunState, cmd: RerunRun, fn: FunctionDefinition, now_ms: int) -> Decision:
+    """A new run from the original's events, with the function's current version ``fn``;
+    with ``from_step``, the original's results of the steps before it are kept."""
+    run = RunState(run_id=cmd.new_run_id, app_id=original.app_id, function_id=original.function_id, function=fn,
+                   status="running", events=list(original.events), event_ids=list(original.event_ids),
+                   created_at=now_ms, started_at=now_ms, received_at=now_ms, rerun_of=original.run_id)
+    if cmd.from_step is not None:
+        ids = [original.steps[h].id for h in original.step_order]
+        if cmd.from_step not in ids:
+            _finish(run, "failed", now_ms, error=ErrorInfo(
+                name="InvalidInput", message=f"from_step: run {original.run_id} has no step {cmd.from_step!r}"))
+            return _ended(Decision(run, changed=True), now_ms)
+        for h in original.step_order[:ids.index(cmd.from_step)]:
+            record = original.steps[h]
+            run.steps[h] = record
+            run.step_order.append(h)
+            run.state_bytes += record.size
+    try:
+        actions = _lifecycle(run)
+    except _BadLifecycle as exc:
+        return _unstartable(run, exc, now_ms)
+    return Decision(run, [*actions, _next_job(run, now_ms)], changed=True)
 
 
 def queued(cmd: Trigger, now_ms: int, singleton_key: str | None) -> Decision:

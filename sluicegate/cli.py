@@ -10,6 +10,12 @@
     sluicegate cancel RUN_ID                       cancel one run (through the HTTP API)
     sluicegate cancel --app A --function F --until T [--since T] [--if EXPR] [--wait [S]]
                                                    cancel a function's runs created in [since, until)
+    sluicegate runs [--app A] [--function F] [--status S] [--since T] [--until T] [--limit N] [--all]
+                                                   list runs, newest first (through the HTTP API)
+    sluicegate runs show RUN_ID                    one run as JSON
+    sluicegate events [--app A] [--name N] [--since T] [--limit N]
+                                                   recent events, oldest first
+    sluicegate functions [--app A]                 functions with runs per status and backlog
     sluicegate topics                              create the core topics
 """
 
@@ -24,6 +30,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .settings import Settings
 
@@ -148,7 +155,7 @@ def _api_call(base: str, token: str | None, method: str, path: str,
         status, raw = exc.code, exc.read()
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise SystemExit(f"sluicegate cancel: cannot reach the API at {base}: {reason}") from None
+        raise SystemExit(f"sluicegate: cannot reach the API at {base}: {reason}") from None
     try:
         parsed = json.loads(raw) if raw else {}
     except ValueError:
@@ -222,6 +229,231 @@ def cmd_cancel(args: argparse.Namespace) -> None:
         time.sleep(0.5)
 
 
+# -- listing: runs, events, functions (GET /v1/runs, /v1/events, /v1/functions) --------------
+
+_UNITS_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def _listing_time(value: str | None, now_ms: int | None = None) -> str | int | None:
+    """``now``, a duration ago (``30m``, ``2h``, ``7d``), ms since the epoch, or an RFC 3339
+    date-time (checked by the API)."""
+    if value is None:
+        return None
+    text = value.strip().lower()
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    for unit in sorted(_UNITS_MS, key=len, reverse=True):
+        number = text[:-len(unit)]
+        if text.endswith(unit) and number.replace(".", "", 1).isdigit():
+            return now - int(float(number) * _UNITS_MS[unit])
+    if text == "now":
+        return now
+    return _time_arg(value)
+
+
+def _utc(ms: object) -> str:
+    if not isinstance(ms, int):
+        return "-"
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
+
+
+def _duration(ms: int) -> str:
+    """123ms, 4.2s, 3m04s, 2h05m, 4d03h."""
+    if ms < 1000:
+        return f"{ms}ms"
+    if ms < 60_000:
+        return f"{ms / 1000:.1f}s"
+    s = ms // 1000
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86_400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86_400}d{s % 86_400 // 3600:02d}h"
+
+
+def _table(rows: list[list[str]], right: frozenset[int] = frozenset(),
+           widths: list[int] | None = None) -> tuple[list[str], list[int]]:
+    """Lines of a plain-text table, and its column widths (to keep later pages aligned)."""
+    widths = list(widths or [0] * len(rows[0]))
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row)]
+
+    def line(cells: list[str]) -> str:
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return [line(r) for r in rows], widths
+
+
+RUN_HEADERS = ["RUN ID", "FUNCTION", "STATUS", "CREATED", "DURATION"]
+FUNCTION_HEADERS = ["FUNCTION", "TRIGGERS", "QUEUED", "RUNNING", "COMPLETED", "FAILED", "CANCELLED", "SKIPPED",
+                    "BACKLOG", "IN FLIGHT"]
+EVENT_HEADERS = ["RECEIVED", "EVENT ID", "APP", "NAME", "DATA"]
+
+
+def run_row(run: dict[str, Any], now_ms: int) -> list[str]:
+    """One run of ``GET /v1/runs`` as table cells. STATUS carries the skip reason or why the
+    run waits; DURATION is an ended run's (start, or creation, to end), a running run's so
+    far marked ``+``, or ``-``."""
+    status = str(run.get("status", "?"))
+    note = run.get("skip_reason") if status == "skipped" else run.get("waiting")
+    if note:
+        status = f"{status} ({note})"
+    started = run.get("started_at")
+    if isinstance(run.get("duration_ms"), int):
+        duration = _duration(run["duration_ms"])
+    elif isinstance(started, int) and run.get("ended_at") is None:
+        duration = _duration(max(0, now_ms - started)) + "+"
+    else:
+        duration = "-"
+    return [str(run.get("run_id", "")), f"{run.get('app_id')}/{run.get('function_id')}", status,
+            _utc(run.get("created_at")), duration]
+
+
+def format_runs(runs: list[dict[str, Any]], now_ms: int, widths: list[int] | None = None,
+                header: bool = True) -> tuple[list[str], list[int]]:
+    """The runs table (``header=False`` and the previous page's widths for a further page)."""
+    rows = [run_row(r, now_ms) for r in runs]
+    if header:
+        rows.insert(0, RUN_HEADERS)
+    if not rows:
+        return [], widths or []
+    return _table(rows, right=frozenset({4}), widths=widths)
+
+
+def format_functions(items: list[dict[str, Any]]) -> list[str]:
+    rows = [FUNCTION_HEADERS]
+    for f in items:
+        runs = f.get("runs") if isinstance(f.get("runs"), dict) else {}
+        triggers = [str(t) for t in f.get("triggers") or []] + [f"cron {c}" for c in f.get("crons") or []]
+        name = f"{f.get('app_id')}/{f.get('function_id')}" + ("" if f.get("registered", True) else " (unregistered)")
+        counts = [str(runs.get(s, 0)) for s in ("queued", "running", "completed", "failed", "cancelled", "skipped")]
+        rows.append([name, ", ".join(triggers) or "-", *counts, str(f.get("backlog", 0)), str(f.get("in_flight", 0))])
+    return _table(rows, right=frozenset(range(2, 10)))[0]
+
+
+def format_events(events: list[dict[str, Any]], data_width: int = 60) -> list[str]:
+    rows = [EVENT_HEADERS]
+    for e in events:
+        data = json.dumps(e.get("data", {}), separators=(",", ":"), ensure_ascii=False)
+        if len(data) > data_width:
+            data = data[:data_width - 3] + "..."
+        rows.append([_utc(e.get("received_at")), str(e.get("id", "")), str(e.get("app_id", "")),
+                     str(e.get("name", "")), data])
+    return _table(rows)[0]
+
+
+def _listing_get(args: argparse.Namespace, path: str, params: dict[str, Any], prog: str) -> dict[str, Any]:
+    from urllib.parse import urlencode
+
+    settings = Settings()
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    status, body = _api_call(_api_url(settings, args.url), settings.api_token, "GET",
+                             path + (f"?{query}" if query else ""))
+    if status != 200:
+        raise SystemExit(f"{prog}: {_api_error(status, body)}")
+    return body
+
+
+def cmd_runs(args: argparse.Namespace) -> None:
+    if args.rest:
+        filters = [f"--{n}" for n in ("app", "function", "status", "since", "until", "limit", "cursor")
+                   if getattr(args, n) is not None] + (["--all"] if args.all else [])
+        if len(args.rest) != 2 or args.rest[0] != "show":
+            raise SystemExit("sluicegate runs: use 'runs [--app A ...]' to list, or 'runs show RUN_ID'")
+        if filters:
+            raise SystemExit(f"sluicegate runs show: takes only RUN_ID (not {filters[0]})")
+        from urllib.parse import quote
+
+        body = _listing_get(args, f"/v1/runs/{quote(args.rest[1], safe='')}", {}, "sluicegate runs show")
+        print(json.dumps(body, indent=2, ensure_ascii=False))
+        return
+    params: dict[str, Any] = {
+        "app": args.app, "function": args.function, "status": args.status, "since": _listing_time(args.since),
+        "until": _listing_time(args.until), "limit": args.limit, "cursor": args.cursor}
+    widths: list[int] | None = None
+    first = True
+    while True:
+        body = _listing_get(args, "/v1/runs", params, "sluicegate runs")
+        runs = [r for r in body.get("data", []) if isinstance(r, dict)]
+        if args.json:
+            for r in runs:
+                print(json.dumps(r, ensure_ascii=False), flush=True)
+        else:
+            lines, widths = format_runs(runs, int(time.time() * 1000), widths, header=first)
+            if lines:
+                print("\n".join(lines), flush=True)
+        first = False
+        cursor = body.get("next_cursor")
+        if not cursor:
+            return
+        if not args.all:
+            print(f"(more: --cursor {cursor}, or --all)", file=sys.stderr)
+            return
+        params["cursor"] = cursor
+
+
+def cmd_events(args: argparse.Namespace) -> None:
+    body = _listing_get(args, "/v1/events", {"app": args.app, "name": args.name,
+                                             "since": _listing_time(args.since), "limit": args.limit},
+                        "sluicegate events")
+    events = [e for e in body.get("data", []) if isinstance(e, dict)]
+    if args.json:
+        for e in events:
+            print(json.dumps(e, ensure_ascii=False))
+    else:
+        print("\n".join(format_events(events)))
+    if body.get("complete") is False:
+        print("(reading stopped after 5 s: there may be more events; narrow with --app, --name or --since)",
+              file=sys.stderr)
+
+
+def cmd_functions(args: argparse.Namespace) -> None:
+    body = _listing_get(args, "/v1/functions", {"app": args.app}, "sluicegate functions")
+    items = [f for f in body.get("data", []) if isinstance(f, dict)]
+    if args.json:
+        for f in items:
+            print(json.dumps(f, ensure_ascii=False))
+    else:
+        print("\n".join(format_functions(items)))
+
+
+def _add_listing_commands(sub: Any) -> None:
+    api = ("The API is --url, else SLUICEGATE_API_URL, else SLUICEGATE_HTTP_HOST:SLUICEGATE_HTTP_PORT; "
+           "SLUICEGATE_API_TOKEN is sent as the bearer token.")
+    times = "Times: 'now', a duration ago (30m, 2h, 7d), ms since the epoch, or RFC 3339 (2025-01-31T12:00:00Z). "
+    p = sub.add_parser("runs", help="list runs newest first, or show one (runs show RUN_ID)",
+                       description="sluicegate runs [filters] | sluicegate runs show RUN_ID. The table shows the "
+                                   "run id, function, status (with the skip reason or why it waits), creation "
+                                   "time (UTC) and duration (a running run's so far, marked '+'). " + times + api)
+    p.add_argument("rest", nargs="*", metavar="show RUN_ID", help="show one run as JSON")
+    p.add_argument("--app", help="only this app's runs")
+    p.add_argument("--function", help="only this function's runs (FN with --app, or APP/FN)")
+    p.add_argument("--status", help="queued, running, completed, failed, cancelled or skipped; or a comma list")
+    p.add_argument("--since", metavar="T", help="runs created at or after T")
+    p.add_argument("--until", metavar="T", help="runs created before T")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="runs per page, 1-500 (default 50)")
+    p.add_argument("--all", action="store_true", help="follow the cursors to the end of the listing")
+    p.add_argument("--cursor", default=None, help="continue a listing from this cursor")
+    p.add_argument("--json", action="store_true", help="one JSON object per run instead of the table")
+    p.add_argument("--url", default=None, help="base URL of the HTTP API")
+    p.set_defaults(fn=cmd_runs)
+    p = sub.add_parser("events", help="recent events, oldest first (through the HTTP API)",
+                       description="Without --since: the last N events; with it: the first N accepted at or "
+                                   "after T; oldest first either way. " + times + api)
+    p.add_argument("--app", help="only this app's events")
+    p.add_argument("--name", help="only events with exactly this name")
+    p.add_argument("--since", metavar="T", help="events accepted at or after T")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="events, 1-1000 (default 50)")
+    p.add_argument("--json", action="store_true", help="one JSON object per event instead of the table")
+    p.add_argument("--url", default=None, help="base URL of the HTTP API")
+    p.set_defaults(fn=cmd_events)
+    p = sub.add_parser("functions", help="functions with their runs per status and backlog (through the HTTP API)",
+                       description=api)
+    p.add_argument("--app", help="only this app's functions")
+    p.add_argument("--json", action="store_true", help="one JSON object per function instead of the table")
+    p.add_argument("--url", default=None, help="base URL of the HTTP API")
+    p.set_defaults(fn=cmd_functions)
+
+
 def cmd_dev(args: argparse.Namespace) -> None:
     from .devstack import DevStack
 
@@ -288,6 +520,10 @@ def main(argv: list[str] | None = None) -> None:
                    help="bulk: wait until the engine applied it (at most S seconds, default 60) and print the count")
     p.add_argument("--url", default=None, help="base URL of the HTTP API")
     p.set_defaults(fn=cmd_cancel)
+    from .cli_replay import add_commands as add_replay_commands
+
+    add_replay_commands(sub)
+    _add_listing_commands(sub)
     args = parser.parse_args(argv)
     if args.command == "keys" and args.action == "create" and not args.app:
         parser.error("keys create needs --app")

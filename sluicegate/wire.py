@@ -103,6 +103,10 @@ class Trigger(_Model):
     run_id: str
     function: FunctionDefinition
     events: list[EventRecord]
+    replay_id: str | None = Field(None, description="set for a run a replay creates (a new run, not a retry)")
+    replay_of: str | None = Field(None, description="the run the same event started originally")
+    only_if_original: list[str] | None = Field(None, description=(
+        "replay: start only if the original run ended with one of these statuses"))
 
 
 class ErrorInfo(BaseModel):
@@ -235,8 +239,64 @@ class WaitResolved(_Model):
     event: dict[str, Any]
 
 
+class ReplaySpec(_Model):
+    """What a replay re-reads and through which functions (``POST /v1/replays``)."""
+
+    replay_id: str
+    app_id: str
+    functions: list[str] | None = Field(None, description="function ids; None: every function of the app")
+    ranges: dict[int, tuple[int, int]] = Field(description="sg.events partition -> [start, end) offsets")
+    if_exp: str | None = Field(None, description="only events for which this CEL expression over event is true")
+    only_failed: bool = Field(False, description="only events whose original run failed or was cancelled")
+    pace_per_s: float | None = Field(None, description="at most this many events read per second")
+    created_at: int = 0
+
+
+class ReplayStart(_Model):
+    """API → the replay's partition: begin (idempotent per replay id)."""
+
+    kind: Literal["replay_start"] = "replay_start"
+    spec: ReplaySpec
+
+
+class ReplayContinue(_Model):
+    """Self-addressed: read the replay's next chunk."""
+
+    kind: Literal["replay_continue"] = "replay_continue"
+    replay_id: str
+    seq: int = Field(description="the chunk this continues from; a replayed or duplicate continue is ignored")
+    timer_due: int | None = Field(None, description="the pace timer that sent it (deleted when handled)")
+
+
+class ReplayCancel(_Model):
+    kind: Literal["replay_cancel"] = "replay_cancel"
+    replay_id: str
+
+
+class ReplayTally(_Model):
+    """Function processor → the replay's partition: a replayed trigger was not started (its
+    original run did not fail, say)."""
+
+    kind: Literal["replay_tally"] = "replay_tally"
+    replay_id: str
+    skipped: int = 1
+
+
+class RerunRun(_Model):
+    """API → function processor: start ``new_run_id`` from the same events as ``run_id``
+    with the function's current version; with ``from_step``, the original's results of the
+    steps before that step are kept (memoized), and execution resumes at it."""
+
+    kind: Literal["rerun"] = "rerun"
+    app_id: str
+    function_id: str
+    run_id: str
+    new_run_id: str
+    from_step: str | None = None
+
+
 AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick, CancelRun, CancelRuns,
-                   WaitResolved]
+                   WaitResolved, ReplayStart, ReplayContinue, ReplayCancel, ReplayTally, RerunRun]
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
@@ -291,6 +351,9 @@ class RunView(_Model):
     error: ErrorInfo | None = None
     skip_reason: str | None = Field(None, description="why no run was started (status 'skipped')")
     skip_detail: str | None = None
+    replay_id: str | None = Field(None, description="the replay that created this run")
+    replay_of: str | None = Field(None, description="replay: the run the same event started originally")
+    rerun_of: str | None = Field(None, description="rerun: the run this one repeats")
     waiting: str | None = Field(None, description=(
         "why the run's next step has not been dispatched yet: concurrency (a concurrency key is full), "
         "throttled, window_full (its app's in-flight window is full) or queued (behind other steps)"))

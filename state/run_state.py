@@ -74,6 +74,9 @@ class RunState(BaseModel):
     received_at: int = Field(0, description="when the trigger event was accepted")
     cancel_waits: list[str] = Field(default_factory=list, description="wait ids of the cancel_on entries")
     cancelled_by: str | None = None
+    replay_id: str | None = None
+    replay_of: str | None = None
+    rerun_of: str | None = None
 
     @property
     def finished(self) -> bool:
@@ -106,5 +109,6 @@ class RunState(BaseModel):
             function_version=self.function.version, status=self.status, event_ids=self.event_ids,
             created_at=self.created_at, started_at=self.started_at, ended_at=self.ended_at,
             output=self.output, error=self.error, skip_reason=self.skip_reason,
-            skip_detail=self.skip_detail, steps=steps,
+            skip_detail=self.skip_detail, steps=steps, replay_id=self.replay_id, replay_of=self.replay_of,
+            rerun_of=self.rerun_of,
         )

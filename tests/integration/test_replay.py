@@ -1,0 +1,203 @@
+"""Issue 6 on a real broker: replay a time range with "only failed" after fixing a bug,
+resume a replay across a processor crash without duplicates, live traffic during a replay,
+dry runs, and rerun (from the start and from a step)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import TYPE_CHECKING, Any, Callable
+
+from sluicegate.sdk import NonRetriableError, TriggerEvent
+
+if TYPE_CHECKING:
+    from conftest import Engine
+
+
+def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _replay(engine: "Engine", body: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
+    r = engine.http.post("/v1/replays", json=body)
+    assert r.status_code == 202, r.text
+    replay_id = r.json()["id"]
+    final: dict[str, Any] = {}
+
+    def done() -> bool:
+        got = engine.http.get(f"/v1/replays/{replay_id}")
+        if got.status_code == 200:
+            final.update(got.json())
+        return final.get("status") in ("done", "cancelled", "failed")
+
+    _wait(done, timeout, f"replay {replay_id}")
+    return final
+
+
+def _runs(engine: "Engine", event_id: str) -> list[dict[str, Any]]:
+    return engine.runs_for_event(event_id)
+
+
+def test_fix_the_bug_then_replay_only_the_failed_events(engine_cleanup: "Engine") -> None:
+    engine = engine_cleanup
+    sg = engine.app("replay-fix")
+    fixed = threading.Event()
+    executions: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    @sg.function(id="import-row", trigger=TriggerEvent(event="row.imported"), retries=0)
+    def import_row(ctx: Any, step: Any) -> int:
+        n = ctx.event["data"]["n"]
+
+        def work() -> int:
+            with lock:
+                executions[n] += 1
+            if n % 2 and not fixed.is_set():
+                raise NonRetriableError(f"bug: odd row {n}")
+            return n
+        return step.run("import", work)
+
+    engine.start_worker(sg)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "row.imported", "data": {"n": n}} for n in range(20)])
+    finals = {eid: engine.wait_run(eid) for eid in ids}
+    until = int(time.time() * 1000) + 1
+    failed = {eid for eid, run in finals.items() if run["status"] == "failed"}
+    assert len(failed) == 10
+
+    dry = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until,
+                                                 "only_failed": True, "dry_run": True})
+    assert dry.status_code == 200, dry.text
+    assert (dry.json()["events_read"], dry.json()["would_run"]) == (20, 10)
+
+    fixed.set()  # "deploy the fix"
+    progress = _replay(engine, {"app_id": sg.app_id, "functions": ["import-row"], "since": since, "until": until,
+                                "only_failed": True})
+    assert (progress["status"], progress["events_read"]) == ("done", 20)
+    _wait(lambda: engine.http.get(f"/v1/replays/{progress['id']}").json()["runs_created"] == 10, 30,
+          "the tallies of the runs not replayed")
+    for eid in ids:
+        runs = _runs(engine, eid)
+        replayed = [r for r in runs if r.get("replay_id") == progress["id"]]
+        if eid in failed:
+            _wait(lambda: all(r["status"] == "completed" for r in _runs(engine, eid) if r.get("replay_id")), 30,
+                  "the replayed run")
+            replayed = [r for r in _runs(engine, eid) if r.get("replay_id")]
+            assert len(replayed) == 1 and replayed[0]["replay_of"] == finals[eid]["run_id"]
+        else:
+            assert replayed == []
+    n_by_event = {finals[eid]["output"] if eid not in failed else None for eid in ids}
+    assert len(n_by_event) == 11  # 10 outputs plus None
+    assert sorted(executions.values()) == [1] * 10 + [2] * 10  # only the failed ones ran again
+
+
+def test_a_replay_resumes_after_a_processor_crash_without_duplicates(engine_cleanup: "Engine") -> None:
+    engine = engine_cleanup
+    sg = engine.app("replay-crash")
+    executions: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    @sg.function(id="count", trigger=TriggerEvent(event="tick"))
+    def count(ctx: Any, step: Any) -> int:
+        def work() -> int:
+            with lock:
+                executions[ctx.event["data"]["n"]] += 1
+            return 1
+        return step.run("count", work)
+
+    engine.start_worker(sg)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "tick", "data": {"n": n}} for n in range(60)])
+    for eid in ids:
+        engine.wait_run(eid)
+    until = int(time.time() * 1000) + 1
+    r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until, "pace": 20})
+    assert r.status_code == 202, r.text
+    replay_id = r.json()["id"]
+    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").json().get("events_read", 0) >= 20
+          if engine.http.get(f"/v1/replays/{replay_id}").status_code == 200 else False, 30, "a third of the replay")
+    processor = engine.processor
+    processor.kill()
+    processor.start()
+    final: dict[str, Any] = {}
+
+    def done() -> bool:
+        got = engine.http.get(f"/v1/replays/{replay_id}")
+        final.update(got.json() if got.status_code == 200 else {})
+        return final.get("status") == "done"
+
+    _wait(done, 60, "the replay to finish after the restart")
+    assert final["runs_created"] == 60
+    _wait(lambda: sum(executions.values()) >= 120, 60, "the replayed runs")
+    time.sleep(1.0)
+    assert executions == Counter({n: 2 for n in range(60)})  # the original run and exactly one replayed run
+    for eid in ids:
+        assert len([x for x in _runs(engine, eid) if x.get("replay_id") == replay_id]) == 1
+
+
+def test_live_events_keep_their_turn_during_a_large_replay(engine_cleanup: "Engine") -> None:
+    engine = engine_cleanup
+    sg = engine.app("replay-live")
+
+    @sg.function(id="work", trigger=TriggerEvent(event="job"), concurrency=4)
+    def work(ctx: Any, step: Any) -> str:
+        return step.run("w", lambda: time.sleep(0.005) or "ok")
+
+    engine.start_worker(sg, concurrency=4)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "job", "data": {"n": n}} for n in range(2000)])
+    engine.wait_run(ids[-1], timeout=180)
+    until = int(time.time() * 1000) + 1
+    r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until})
+    assert r.status_code == 202
+    replay_id = r.json()["id"]
+    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").status_code == 200, 30, "the replay to start")
+    time.sleep(1.0)  # the replay's runs are backlogged now
+    [live] = sg.send({"name": "job", "data": {"live": True}})
+    sent = time.time() * 1000
+    live_run = engine.wait_run(live, timeout=120)
+    replay_state = engine.http.get(f"/v1/replays/{replay_id}").json()
+    print(f"live run started {live_run['steps'][0]['attempts'][0]['started_at'] - sent:.0f} ms after it was sent, "
+          f"replay at {replay_state['events_read']}/{replay_state['total']} events")
+    # the live run did not wait for the replay's 2000 runs: it finished while replayed runs were still pending
+    backlog = engine.http.get(f"/v1/functions/{sg.app_id}/work/queue").json()
+    assert replay_state["status"] == "running" or backlog.get("backlog", 0) > 0
+
+
+def test_rerun_from_the_start_and_from_a_step(engine_cleanup: "Engine") -> None:
+    engine = engine_cleanup
+    sg = engine.app("rerun")
+    calls: Counter[str] = Counter()
+
+    @sg.function(id="pipeline", trigger=TriggerEvent(event="pipe"))
+    def pipeline(ctx: Any, step: Any) -> list[str]:
+        a = step.run("extract", lambda: calls.update(["extract"]) or "E")
+        b = step.run("transform", lambda: calls.update(["transform"]) or a + "T")
+        return [a, b, step.run("load", lambda: calls.update(["load"]) or b + "L")]
+
+    engine.start_worker(sg)
+    [eid] = sg.send({"name": "pipe"})
+    original = engine.wait_run(eid)
+    assert original["output"] == ["E", "ET", "ETL"]
+    bad = engine.http.post(f"/v1/runs/{original['run_id']}/rerun", json={"from_step": "nope"})
+    assert bad.status_code == 400 and bad.json()["error"]["field"] == "from_step"
+    r = engine.http.post(f"/v1/runs/{original['run_id']}/rerun", json={"from_step": "transform"})
+    assert r.status_code == 202, r.text
+    new_id = r.json()["run_id"]
+    _wait(lambda: engine.http.get(f"/v1/runs/{new_id}").status_code == 200
+          and engine.http.get(f"/v1/runs/{new_id}").json()["status"] == "completed", 30, "the rerun")
+    rerun = engine.http.get(f"/v1/runs/{new_id}").json()
+    assert rerun["rerun_of"] == original["run_id"] and rerun["output"] == ["E", "ET", "ETL"]
+    assert calls == Counter({"extract": 1, "transform": 2, "load": 2})
+    r = engine.http.post(f"/v1/runs/{original['run_id']}/rerun")
+    assert r.status_code == 202
+    again = r.json()["run_id"]
+    _wait(lambda: engine.http.get(f"/v1/runs/{again}").status_code == 200
+          and engine.http.get(f"/v1/runs/{again}").json()["status"] == "completed", 30, "the full rerun")
+    assert calls == Counter({"extract": 2, "transform": 3, "load": 3})
