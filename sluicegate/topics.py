@@ -57,6 +57,25 @@ def create_topics(s: Settings, topics: list[NewTopic], timeout: float = 30.0) ->
 
 def ensure_core_topics(s: Settings) -> None:
     create_topics(s, core_topics(s))
+    apply_events_retention(s)
+
+
+def apply_events_retention(s: Settings, timeout: float = 30.0) -> bool:
+    """Make ``sg.events`` keep events for ``SLUICEGATE_EVENTS_RETENTION_MS`` (the replay
+    window) even if the topic existed with another value; True when it was changed."""
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+
+    client = admin(s)
+    resource = ConfigResource(ConfigResource.Type.TOPIC, s.events_topic)
+    current = client.describe_configs([resource])[resource].result(timeout)
+    wanted = str(s.events_retention_ms)
+    entry = current.get("retention.ms")
+    if entry is not None and entry.value == wanted:
+        return False
+    change = ConfigResource(ConfigResource.Type.TOPIC, s.events_topic, incremental_configs=[
+        ConfigEntry("retention.ms", wanted, incremental_operation=AlterConfigOpType.SET)])
+    client.incremental_alter_configs([change])[change].result(timeout)
+    return True
 
 
 def ensure_work_topic(s: Settings, app_id: str) -> None:

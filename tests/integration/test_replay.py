@@ -201,3 +201,24 @@ def test_rerun_from_the_start_and_from_a_step(engine_cleanup: "Engine") -> None:
     _wait(lambda: engine.http.get(f"/v1/runs/{again}").status_code == 200
           and engine.http.get(f"/v1/runs/{again}").json()["status"] == "completed", 30, "the full rerun")
     assert calls == Counter({"extract": 2, "transform": 3, "load": 3})
+
+
+def test_events_retention_follows_the_setting_on_an_existing_topic(engine: "Engine") -> None:
+    from confluent_kafka.admin import ConfigResource
+
+    from sluicegate.topics import admin, apply_events_retention
+
+    settings = engine.settings.model_copy(update={"events_retention_ms": 8 * 24 * 3600 * 1000})
+
+    def retention() -> str:
+        resource = ConfigResource(ConfigResource.Type.TOPIC, settings.events_topic)
+        client = admin(settings)  # keep the handle alive until the answer is in
+        return client.describe_configs([resource])[resource].result(30)["retention.ms"].value
+
+    try:
+        assert apply_events_retention(settings) is True
+        assert retention() == str(8 * 24 * 3600 * 1000)
+        assert apply_events_retention(settings) is False  # already so
+    finally:
+        apply_events_retention(engine.settings)
+    assert retention() == str(engine.settings.events_retention_ms)
