@@ -37,9 +37,11 @@ from ..kafka_clients import AsyncProducer, CompactedView
 from ..settings import Settings
 from ..topics import ensure_core_topics
 from ..wire import RunView
+from .replay_api import replay_router
 from .cancellations import (Cancellation, CancellationIn, CancellationLog, Conflict, ErrorBody, RunCancelling,
                             accepted, cancel_run_command, parse_cancellation)
 from .event_keys import EventKeys, mask
+from .listing_api import listing_router, start_listing, stop_listing
 from .run_views import RunViewFollower
 from .schedule_wait import EventSchedule, ScheduleWaiter
 
@@ -100,9 +102,13 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         state["runs"] = (run_views or RunViewFollower(settings)).start()
         state["schedule"] = ScheduleWaiter(settings).start()
         state["stats"] = CompactedView(settings.bootstrap_servers, settings.topic("stats"), json.loads).start()
+        start_listing(settings, state)
         try:
             yield
         finally:
+            stop_listing(state)
+            if state.get("registry") is not None:
+                state["registry"].stop()
             state["stats"].stop()
             state["schedule"].stop()
             state["runs"].stop()
@@ -191,6 +197,11 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         await state["producer"].send_many(settings.commands_topic, [(function_key(app_id, function_id), value)],
                                           settings.partitions)
 
+    async def _send_keyed(key: str, value: bytes, _partition_key: str) -> None:
+        await state["producer"].send_many(settings.commands_topic, [(key, value)], settings.partitions)
+
+    app.include_router(replay_router(settings, state, _api_auth, _send_keyed))
+
     @app.delete("/v1/runs/{run_id}", status_code=202, response_model=RunCancelling,
                 dependencies=[Depends(_api_auth)], summary="Cancel one run",
                 description=(
@@ -241,6 +252,8 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
             raise NotFound(f"no cancellation {cancellation_id!r} (or it is not applied yet)",
                            cancellation_id=cancellation_id)
         return found
+
+    app.include_router(listing_router(settings, state, _api_auth))
 
     @app.get("/health", summary="Liveness")
     async def health() -> dict[str, str]:

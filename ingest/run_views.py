@@ -1,7 +1,10 @@
 """Materialises ``sg.runs`` (RunView records from the processors) into the API's RocksDB.
 
 Reads every partition (no consumer group: each API process keeps a full read model) and
-stores views together with the next offset per partition, in one atomic batch.
+stores views together with the next offset per partition, in one atomic batch; the listing
+indexes and per-status counters of ``GET /v1/runs`` and ``GET /v1/functions`` are written in
+that same batch (:mod:`sluicegate.state.run_view_store`). A read model written before the
+indexes existed is indexed once, before following resumes.
 """
 
 from __future__ import annotations
@@ -34,6 +37,9 @@ class RunViewFollower:
         c = Consumer({"bootstrap.servers": self.settings.bootstrap_servers, "group.id": "sg-run-views-unused",
                       "enable.auto.commit": False, "fetch.wait.max.ms": 10, "log_level": 3})
         try:
+            indexed = self.store.ensure_indexes()
+            if indexed:
+                log.info("run views: indexed %d run(s) stored before the listing indexes existed", indexed)
             topic = self.settings.runs_topic
             parts = c.list_topics(topic, timeout=30).topics[topic].partitions
             assignment = []
