@@ -90,7 +90,7 @@ class RunSummary(BaseModel):
 
 class RunList(BaseModel):
     """A page of runs, newest first. ``next_cursor``: pass it as ``cursor`` (with the same
-    filters) for the next page; ``null`` when there is nothing more. A page can hold fewer
+    filters) for the next page; absent when there is nothing more. A page can hold fewer
     than ``limit`` runs and still have a cursor (the scan stops after examining 10 × limit
     entries)."""
 
@@ -153,6 +153,8 @@ def parse_statuses(value: str | None) -> tuple[str, ...] | None:
     out = []
     for part in value.split(","):
         name = part.strip().lower()
+        if not name:  # "failed," or "a,,b"
+            continue
         if name not in RUN_STATUSES:
             raise InvalidInput(f"status: {part.strip()!r} is not a run status; use one of "
                                f"{', '.join(RUN_STATUSES)} (or a comma-separated list)", field="status")

@@ -254,7 +254,7 @@ class RunViewStore:
         if until is not None:
             start = codecs.time_position(until - 1)
         if after is not None:
-            start = max(start, codecs.run_position(*after))
+            start = max(start, codecs.run_position(*after) + b"\x00")
         stop = codecs.time_position(since - 1) if since else None  # positions >= stop: created before since
 
         def positions(status: str) -> Iterator[bytes]:
