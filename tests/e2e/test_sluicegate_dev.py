@@ -62,6 +62,31 @@ def test_sluicegate_dev_runs_the_example_app_end_to_end() -> None:
         assert run["output"] == {"greeting": "Hello, Ada!", "length": 11}
         assert [s["id"] for s in run["steps"]] == ["read-name", "greet", "measure"]
         assert "dev" in text.lower() and "never run dev mode in production" in text.lower()
+        # durable steps: the onboarding run sleeps, then waits for the user's verification event
+        base = re.search(r"curl -s -X POST (http://\S+/e/)(\S+)", text)
+        assert base, text
+        post = base.group(1) + base.group(2)
+        [signup] = httpx.post(post, json={"name": "demo/signup", "data": {"user": "ada"}}, timeout=10).json()["ids"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            data = httpx.get(f"{runs_url}/v1/events/{signup}/runs", timeout=5).json()["data"]
+            if data and any(s["status"] == "waiting" for s in data[0].get("steps", [])):
+                break
+            time.sleep(0.2)
+        else:
+            raise AssertionError(f"the onboarding run never waited:\n{text}")
+        httpx.post(post, json={"name": "demo/verified", "data": {"user": "ada"}}, timeout=10).raise_for_status()
+        deadline = time.monotonic() + 60
+        onboarding = None
+        while time.monotonic() < deadline:
+            data = httpx.get(f"{runs_url}/v1/events/{signup}/runs", timeout=5).json()["data"]
+            if data and data[0]["status"] == "completed":
+                onboarding = data[0]
+                break
+            time.sleep(0.2)
+        assert onboarding is not None, f"the onboarding run did not complete:\n{text}"
+        assert onboarding["output"] == {"user": "ada", "verified": True,
+                                        "synced": ["profile of ada", "crm record of ada"]}
     finally:
         os.killpg(proc.pid, signal.SIGINT)
         try:
