@@ -19,4 +19,5 @@ BENCHMARKS: dict[str, str] = {
     "B9": "bench.b9_timers:main",  # lateness of step.sleep timers
     "B10": "bench.b10_event_match:main",  # wait_for_event match latency with many live waiters
     "FLOW": "bench.flow_grouping:main",  # debounce / batching throughput and lateness (issue 3)
+    "REPLAY": "bench.replay_fairness:main",  # live start latency while a 20k-event replay runs (issue 6)
 }
