@@ -45,9 +45,9 @@ from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
-from ..wire import (AnyCommand, CancelRun, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition,
-                    Heartbeat, ReplayCancel, ReplayContinue, ReplayStart, ReplayTally, RerunRun, StepOutcome,
-                    TimerFired, Trigger, WaitResolved, command_adapter)
+from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat,
+                    ReplayCancel, ReplayContinue, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
+                    command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .flow_stage import FlowStage

@@ -32,7 +32,6 @@ import asyncio
 import datetime as dt
 import inspect
 import json
-import re
 import time
 import traceback
 from concurrent.futures import ThreadPoolExecutor

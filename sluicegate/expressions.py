@@ -52,6 +52,17 @@ def compile_expression(source: str, *, field: str) -> Any:
         raise InvalidExpression(f"{field}: invalid expression{pos}: {detail}", field=field) from None
 
 
+def validate_field(source: str | None, field: str) -> str | None:
+    """For pydantic validators: ``source`` if it compiles, else ``ValueError`` with the
+    position (pydantic adds the field's name itself)."""
+    if source is not None:
+        try:
+            compile_expression(source, field=field)
+        except InvalidExpression as exc:
+            raise ValueError(exc.message.removeprefix(f"{field}: ")) from None
+    return source
+
+
 def evaluate(source: str, activation: dict[str, Any]) -> Any:
     """Evaluate a (valid) expression; errors become :class:`ExpressionError`."""
     program = _compile(source)

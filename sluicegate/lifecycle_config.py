@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from . import limits
 from .durations import DAY_MS, MAX_SLEEP_MS, to_ms
-from .expressions import InvalidExpression, compile_expression, match_expression
+from .expressions import InvalidExpression, match_expression, validate_field
 
 MAX_CANCEL_ON = 5
 DEFAULT_CANCEL_TIMEOUT_MS = 365 * DAY_MS
@@ -58,12 +58,7 @@ class Cancel(BaseModel):
     @field_validator("if_exp")
     @classmethod
     def _if(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                compile_expression(v, field="if_exp")
-            except InvalidExpression as exc:
-                raise ValueError(exc.message.removeprefix("if_exp: ")) from None
-        return v
+        return validate_field(v, "if_exp")
 
     @model_validator(mode="after")
     def _one_condition(self) -> "Cancel":

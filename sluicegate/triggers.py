@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from . import limits
-from .expressions import InvalidExpression, compile_expression, evaluate
+from .expressions import evaluate, validate_field
 
 MAX_TRIGGERS = 10
 MAX_CRON_LENGTH = 255
@@ -49,12 +49,7 @@ class TriggerEvent(BaseModel):
     @field_validator("if_exp")
     @classmethod
     def _expression(cls, v: str | None) -> str | None:
-        if v is not None:
-            try:
-                compile_expression(v, field="if_exp")
-            except InvalidExpression as exc:
-                raise ValueError(exc.message.removeprefix("if_exp: ")) from None
-        return v
+        return validate_field(v, "if_exp")
 
     @property
     def prefix(self) -> str | None:

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any, Callable
 
 import httpx
 
@@ -29,6 +30,17 @@ def _read_until(proc: subprocess.Popen, pattern: str, timeout: float, out: list[
         if pattern in line:
             return
     raise AssertionError(f"`sluicegate dev` did not print {pattern!r} in {timeout} s:\n{''.join(out)}")
+
+
+def _run_of(base: str, event_id: str, until: Callable[[dict[str, Any]], bool], timeout: float = 60) -> Any:
+    """The event's first run once it satisfies ``until`` (None after ``timeout`` s)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        data = httpx.get(f"{base}/v1/events/{event_id}/runs", timeout=5).json()["data"]
+        if data and until(data[0]):
+            return data[0]
+        time.sleep(0.2)
+    return None
 
 
 def test_sluicegate_dev_runs_the_example_app_end_to_end() -> None:
@@ -50,14 +62,7 @@ def test_sluicegate_dev_runs_the_example_app_end_to_end() -> None:
         assert sent.returncode == 0, sent.stderr
         [event_id] = json.loads(sent.stdout)["ids"]
         runs_url = re.search(r"curl -s (http://\S+)/v1/events/<EVENT_ID>/runs", text).group(1)
-        deadline = time.monotonic() + 60
-        run = None
-        while time.monotonic() < deadline:
-            data = httpx.get(f"{runs_url}/v1/events/{event_id}/runs", timeout=5).json()["data"]
-            if data and data[0]["status"] == "completed":
-                run = data[0]
-                break
-            time.sleep(0.2)
+        run = _run_of(runs_url, event_id, lambda r: r["status"] == "completed")
         assert run is not None, f"the example run did not complete:\n{text}"
         assert run["output"] == {"greeting": "Hello, Ada!", "length": 11}
         assert [s["id"] for s in run["steps"]] == ["read-name", "greet", "measure"]
@@ -67,23 +72,10 @@ def test_sluicegate_dev_runs_the_example_app_end_to_end() -> None:
         assert base, text
         post = base.group(1) + base.group(2)
         [signup] = httpx.post(post, json={"name": "demo/signup", "data": {"user": "ada"}}, timeout=10).json()["ids"]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            data = httpx.get(f"{runs_url}/v1/events/{signup}/runs", timeout=5).json()["data"]
-            if data and any(s["status"] == "waiting" for s in data[0].get("steps", [])):
-                break
-            time.sleep(0.2)
-        else:
-            raise AssertionError(f"the onboarding run never waited:\n{text}")
+        waiting = _run_of(runs_url, signup, lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+        assert waiting is not None, f"the onboarding run never waited:\n{text}"
         httpx.post(post, json={"name": "demo/verified", "data": {"user": "ada"}}, timeout=10).raise_for_status()
-        deadline = time.monotonic() + 60
-        onboarding = None
-        while time.monotonic() < deadline:
-            data = httpx.get(f"{runs_url}/v1/events/{signup}/runs", timeout=5).json()["data"]
-            if data and data[0]["status"] == "completed":
-                onboarding = data[0]
-                break
-            time.sleep(0.2)
+        onboarding = _run_of(runs_url, signup, lambda r: r["status"] == "completed")
         assert onboarding is not None, f"the onboarding run did not complete:\n{text}"
         assert onboarding["output"] == {"user": "ada", "verified": True,
                                         "synced": ["profile of ada", "crm record of ada"]}

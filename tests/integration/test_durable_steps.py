@@ -9,17 +9,12 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from sluicegate.sdk import Cancel, NonRetriableError, StepError, Timeouts, TriggerEvent
 
+from polling import wait_until as _wait
+
 if TYPE_CHECKING:
     from conftest import Engine
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_a_sleep_of_2_s_survives_a_processor_restart_and_resumes_on_time(engine_cleanup: "Engine") -> None:

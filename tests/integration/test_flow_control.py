@@ -8,18 +8,12 @@ from typing import TYPE_CHECKING
 
 from sluicegate.sdk import RateLimit, TriggerEvent
 
+from polling import wait_until as _wait
+
 if TYPE_CHECKING:
     from conftest import Engine
 
 
-def _wait(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def test_password_reset_rate_limited_to_one_per_hour_runs_once_and_announces_four_skips(

@@ -6,25 +6,19 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 from sluicegate import cli
 from sluicegate.sdk import NonRetriableError, TriggerEvent
 
+from polling import wait_until as _wait
+
 if TYPE_CHECKING:
     from conftest import Engine
 
 
-def _wait(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"{what} not reached within {timeout} s")
 
 
 def _all_pages(engine: "Engine", params: dict[str, Any]) -> tuple[list[dict[str, Any]], int]:

@@ -7,21 +7,16 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from sluicegate.sdk import NonRetriableError, TriggerEvent
+
+from polling import wait_until as _wait
 
 if TYPE_CHECKING:
     from conftest import Engine
 
 
-def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _replay(engine: "Engine", body: dict[str, Any], timeout: float = 90) -> dict[str, Any]:
