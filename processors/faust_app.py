@@ -46,7 +46,7 @@ from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat,
-                    ReplayCancel, ReplayContinue, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
+                    ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
@@ -290,6 +290,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             return
         if isinstance(cmd, (ReplayStart, ReplayContinue, ReplayCancel, ReplayTally)):
             await self._on_replay(cmd, partition, now)
+            return
+        if isinstance(cmd, (ReplayMark, ReplayAck)):
+            await self._on_replay_flow(cmd, partition)
             return
         if isinstance(cmd, RerunRun):
             await self._rerun(cmd, partition, now)

@@ -11,6 +11,9 @@ triggers today (current triggers and ``if``), filtered by the replay's own ``if_
   which holds the original run, starts it only if that run failed or was cancelled (it
   tallies the others back to the replay);
 * only events senders sent are replayed, not the engine's own (``sluicegate/...``);
+* backpressure: a chunk's triggers are followed by a mark in each function partition they
+  went to; the next chunk is read only when every mark came back (the chunk is absorbed), so
+  at most one chunk of a replay waits ahead of live commands in a partition;
 * replayed runs skip schedule-time admission (rate limit, idempotency, debounce, batching:
   a replay re-runs what happened, it must not be dropped again) but go through the fair
   dispatcher like any other work (concurrency, throttle, priority), as their own fairness
@@ -32,7 +35,7 @@ from ..expressions import ExpressionError, evaluate
 from ..wire import EventRecord, FunctionDefinition, ReplaySpec, Trigger
 from .routing import run_id_for
 
-CHUNK_EVENTS = 200          # events read per chunk: how far a replay runs ahead between turns
+CHUNK_EVENTS = 25           # events read per chunk: at most this many replayed triggers wait ahead of live work
 CONTROL_PREFIX = b'{"control":'
 RETRY_STATUSES = ["failed", "cancelled"]
 
@@ -44,6 +47,9 @@ class ReplayState(BaseModel):
     status: ReplayStatus = "running"
     next_offsets: dict[int, int] = Field(default_factory=dict)
     seq: int = 0
+    awaiting: list[int] = Field(default_factory=list, description=(
+        "function partitions yet to absorb the last chunk (each answers with a ReplayAck)"))
+    pause_ms: int = Field(0, description="the pace's wait before the next chunk, once the last one is absorbed")
     events_read: int = 0
     runs_created: int = 0
     skipped: int = Field(0, description="events of the range that start no run (other app, no function, if_exp)")

@@ -6,7 +6,8 @@ a record of the changelogged ``replays`` table. Each ``ReplayContinue`` reads on
 ``sg.events`` (a group-less consumer kept per replay, in a thread), sends the chunk's
 triggers, writes the new progress, and queues the next ``ReplayContinue`` at the back of the
 partition — at once, or through a durable timer when a pace is set. So a replay takes turns
-with the other commands of its partition, a crash resumes it from its last chunk (the
+with the other commands of its partition, the next chunk waits until the functions' partitions absorbed this one (a mark
+after the chunk's triggers, answered by an ack), a crash resumes it from its last chunk (the
 chunk's triggers are sent again: same run ids, dropped as duplicates), and a cancel takes
 effect before the next chunk. Progress goes to ``sg.stats`` (key ``replay/<id>``).
 """
@@ -25,7 +26,8 @@ from confluent_kafka import Consumer, TopicPartition
 from ..partitioning import function_key, partition_for
 from ..settings import Settings
 from ..state.codecs import timer_key
-from ..wire import (EventRecord, FunctionDefinition, ReplayCancel, ReplayContinue, ReplayStart, ReplayTally, Trigger)
+from ..wire import (EventRecord, FunctionDefinition, ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart,
+                    ReplayTally, Trigger)
 from .replay_plan import CHUNK_EVENTS, ReplayState, apply_chunk, begin, next_delay_ms, pending_ranges
 from .routing import TriggerIndex
 
@@ -165,15 +167,42 @@ class ReplayStage:
         loop = asyncio.get_running_loop()
         records, reached = await loop.run_in_executor(None, reader.read, pending_ranges(state), limit)
         chunk = apply_chunk(state, records, self._matching, int(time.time() * 1000), reached)
+        marks: dict[int, str] = {}
         for trig in chunk.triggers:
             key = function_key(trig.app_id, trig.function_id)
-            await self._send(self.settings.commands_topic, key, trig.dumps(), partition_for(key, self.settings.partitions))
+            target = partition_for(key, self.settings.partitions)
+            marks[target] = key
+            await self._send(self.settings.commands_topic, key, trig.dumps(), target)
+        new = chunk.state
         if chunk.done:
-            log.info("replay %s done: %d event(s) read, %d run(s) created", replay_id, chunk.state.events_read,
-                     chunk.state.runs_created)
-        await self._save_replay(chunk.state)
-        if not chunk.done:
-            await self._continue_replay(chunk.state, partition, next_delay_ms(chunk.state, len(records)))
+            log.info("replay %s done: %d event(s) read, %d run(s) created", replay_id, new.events_read,
+                     new.runs_created)
+        elif marks:
+            # backpressure: the next chunk waits until every partition absorbed this one
+            new.awaiting, new.pause_ms = sorted(marks), next_delay_ms(new, len(records))
+            mark = ReplayMark(replay_id=replay_id, seq=new.seq).dumps()
+            for target, key in marks.items():
+                await self._send(self.settings.commands_topic, key, mark, target)
+        await self._save_replay(new)
+        if not chunk.done and not marks:
+            await self._continue_replay(new, partition, next_delay_ms(new, len(records)))
+
+    async def _on_replay_flow(self, cmd: ReplayMark | ReplayAck, partition: int) -> None:
+        """A chunk's mark reached a function partition (answer its replay), or the answer
+        reached the replay (the next chunk goes once every partition answered)."""
+        if isinstance(cmd, ReplayMark):
+            key = replay_key(cmd.replay_id)
+            ack = ReplayAck(replay_id=cmd.replay_id, seq=cmd.seq, partition=partition)
+            await self._send(self.settings.commands_topic, key, ack.dumps(), partition_for(key, self.settings.partitions))
+            return
+        state = self._replay_state(cmd.replay_id)
+        if state is None or state.status != "running" or cmd.seq != state.seq or cmd.partition not in state.awaiting:
+            return  # stale, repeated, or the replay ended
+        state.awaiting = [p for p in state.awaiting if p != cmd.partition]
+        state.updated_at = int(time.time() * 1000)
+        await self._save_replay(state)
+        if not state.awaiting:
+            await self._continue_replay(state, partition, state.pause_ms)
 
     def _matching(self, event: EventRecord) -> list[FunctionDefinition]:
         return self.index.match(event)

@@ -273,6 +273,24 @@ class ReplayCancel(_Model):
     replay_id: str
 
 
+class ReplayMark(_Model):
+    """Replay partition → a function partition, after a chunk's triggers: when the function
+    processor reaches it, the chunk is absorbed there; it answers with :class:`ReplayAck`."""
+
+    kind: Literal["replay_mark"] = "replay_mark"
+    replay_id: str
+    seq: int
+
+
+class ReplayAck(_Model):
+    """Function partition → the replay's partition: the chunk ``seq`` is absorbed here."""
+
+    kind: Literal["replay_ack"] = "replay_ack"
+    replay_id: str
+    seq: int
+    partition: int = Field(description="the function partition that absorbed it")
+
+
 class ReplayTally(_Model):
     """Function processor → the replay's partition: a replayed trigger was not started (its
     original run did not fail, say)."""
@@ -296,7 +314,8 @@ class RerunRun(_Model):
 
 
 AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick, CancelRun, CancelRuns,
-                   WaitResolved, ReplayStart, ReplayContinue, ReplayCancel, ReplayTally, RerunRun]
+                   WaitResolved, ReplayStart, ReplayContinue, ReplayCancel, ReplayTally, ReplayMark, ReplayAck,
+                   RerunRun]
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 
