@@ -33,7 +33,6 @@ skipped), returning the position reached so the client continues from there.
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import itertools
 from dataclasses import dataclass
@@ -41,7 +40,7 @@ from typing import Iterable, Iterator
 
 from ..wire import RunView
 from . import codecs
-from .stores import KeyValueStore, MemoryStore, RocksStore
+from .stores import KeyValueStore
 
 RUN_STATUSES = codecs.RUN_STATUSES
 INDEX_VERSION = 1
@@ -60,39 +59,8 @@ class RunPage:
 
 def scan_from(kv: KeyValueStore, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
     """The keys ``>= start`` that begin with ``prefix``, in byte order (``start`` begins with
-    ``prefix``).
-
-    :class:`~sluicegate.state.stores.KeyValueStore` only scans from the start of a prefix;
-    a cursor needs a seek. A backend's own ``scan_from(start, prefix)`` is used when it has
-    one; the two backends of :mod:`.stores` are seeked natively here, anything else is
-    scanned from the prefix (correct, but linear in the keys before ``start``)."""
-    native = getattr(kv, "scan_from", None)
-    if callable(native):
-        yield from native(start, prefix)
-        return
-    if isinstance(kv, RocksStore):
-        it = kv._db.iter()  # noqa: SLF001 - a seek the store's interface lacks (see above)
-        it.seek(start)
-        while it.valid():
-            key = it.key()
-            if not key.startswith(prefix):
-                return
-            yield key, it.value()
-            it.next()
-        return
-    if isinstance(kv, MemoryStore):
-        keys, data = kv._keys, kv._data  # noqa: SLF001
-        i = bisect.bisect_left(keys, start)
-        while i < len(keys) and keys[i].startswith(prefix):
-            key = keys[i]
-            value = data.get(key)
-            if value is not None:
-                yield key, value
-            i = bisect.bisect_right(keys, key)  # robust to keys inserted meanwhile
-        return
-    for key, value in kv.scan_prefix(prefix):
-        if key >= start:
-            yield key, value
+    ``prefix``): the store's seek."""
+    return kv.scan_from(start, prefix)
 
 
 class RunViewStore:

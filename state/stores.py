@@ -15,6 +15,7 @@ class KeyValueStore(Protocol):
     def get(self, key: bytes) -> bytes | None: ...
     def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes] = ...) -> None: ...
     def scan_prefix(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]: ...
+    def scan_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]: ...
     def close(self) -> None: ...
 
 
@@ -36,15 +37,20 @@ class MemoryStore:
                 del self._keys[bisect.bisect_left(self._keys, k)]
 
     def scan_prefix(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-        i = bisect.bisect_left(self._keys, prefix)
-        n = 0
-        while i < len(self._keys) and self._keys[i].startswith(prefix):
+        for n, item in enumerate(self.scan_from(prefix, prefix)):
             if limit is not None and n >= limit:
                 return
+            yield item
+
+    def scan_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys ``>= start`` that begin with ``prefix``, in byte order (a cursor's seek)."""
+        i = bisect.bisect_left(self._keys, start)
+        while i < len(self._keys) and self._keys[i].startswith(prefix):
             k = self._keys[i]
-            yield k, self._data[k]
-            i += 1
-            n += 1
+            value = self._data.get(k)
+            if value is not None:
+                yield k, value
+            i = bisect.bisect_right(self._keys, k)  # robust to keys inserted meanwhile
 
     def close(self) -> None:
         pass
@@ -73,15 +79,20 @@ class RocksStore:
         self._db.write(wb)
 
     def scan_prefix(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
+        for n, item in enumerate(self.scan_from(prefix, prefix)):
+            if limit is not None and n >= limit:
+                return
+            yield item
+
+    def scan_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
+        """Keys ``>= start`` that begin with ``prefix``, in byte order (a cursor's seek)."""
         it = self._db.iter()
-        it.seek(prefix)
-        n = 0
+        it.seek(start)
         while it.valid():
             k = it.key()
-            if not k.startswith(prefix) or (limit is not None and n >= limit):
+            if not k.startswith(prefix):
                 break
             yield k, it.value()
-            n += 1
             it.next()
 
     def close(self) -> None:

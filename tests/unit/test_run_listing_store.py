@@ -402,37 +402,6 @@ def test_scan_from_seeks_within_the_prefix(kv: KeyValueStore) -> None:
     assert list(scan_from(kv, b"a/4", b"a/")) == []
 
 
-def test_scan_from_uses_a_backends_own_seek_or_falls_back() -> None:
-    class Plain:
-        def __init__(self) -> None:
-            self.inner = MemoryStore()
-
-        def get(self, key: bytes) -> bytes | None:
-            return self.inner.get(key)
-
-        def write_batch(self, puts: dict[bytes, bytes], deletes: list[bytes] = []) -> None:  # noqa: B006
-            self.inner.write_batch(puts, deletes)
-
-        def scan_prefix(self, prefix: bytes, limit: int | None = None) -> Iterator[tuple[bytes, bytes]]:
-            return self.inner.scan_prefix(prefix, limit)
-
-        def close(self) -> None:
-            pass
-
-    plain = Plain()
-    plain.write_batch({b"p/1": b"", b"p/2": b"", b"q/1": b""})
-    assert [k for k, _ in scan_from(plain, b"p/2", b"p/")] == [b"p/2"]  # type: ignore[arg-type]
-
-    class Seeking(Plain):
-        def scan_from(self, start: bytes, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
-            yield b"native", b""
-
-    assert list(scan_from(Seeking(), b"p/", b"p/")) == [(b"native", b"")]  # type: ignore[arg-type]
-    store = RunViewStore(plain)  # type: ignore[arg-type]
-    store.apply([view(f"r{i}", created=T0 + i) for i in range(5)], {})
-    assert page_through(store, 2)[0] == [f"r{i}" for i in reversed(range(5))]
-
-
 def test_many_runs_in_one_millisecond_page_by_run_id(store: RunViewStore) -> None:
     views = [view(f"r{i:03d}", RUN_STATUSES[i % 6], created=T0) for i in range(60)]
     store.apply(views, {})
