@@ -221,6 +221,14 @@ def replay_router(settings: Settings, state: dict[str, Any], auth: Callable[...,
     """The routes; ``send_command(key, value, partition_key)`` produces to ``sg.commands`` (acks=all)."""
     router = APIRouter(dependencies=[Depends(auth)])
 
+    def published(replay_id: str) -> Replay:
+        """The replay's progress as the processor last published it (``sg.stats``), or 404."""
+        stats = state["stats"].items if "stats" in state else {}
+        found = stats.get(replay_key(replay_id))
+        if not isinstance(found, dict):
+            raise NotFound(f"no replay {replay_id!r} (yet)")
+        return Replay.model_validate(found)
+
     async def registry() -> CompactedView:
         view = state.get("registry")
         if view is None:
@@ -284,24 +292,17 @@ def replay_router(settings: Settings, state: dict[str, Any], auth: Callable[...,
                 summary="A replay's status and progress",
                 responses={404: {"model": ErrorBody, "description": "unknown (or not started yet)"}})
     async def get_replay(replay_id: str) -> Replay:
-        stats = state["stats"].items if "stats" in state else {}
-        found = stats.get(replay_key(replay_id))
-        if not isinstance(found, dict):
-            raise NotFound(f"no replay {replay_id!r} (yet)")
-        return Replay.model_validate(found)
+        return published(replay_id)
 
     @router.delete("/v1/replays/{replay_id}", status_code=202, response_model=Replay,
                    response_model_exclude_none=True, summary="Cancel a replay",
                    description="Stops reading; runs it already started go on. 404: unknown replay.",
                    responses={404: {"model": ErrorBody, "description": "unknown replay"}})
     async def cancel_replay(replay_id: str) -> Replay:
-        stats = state["stats"].items if "stats" in state else {}
-        found = stats.get(replay_key(replay_id))
-        if not isinstance(found, dict):
-            raise NotFound(f"no replay {replay_id!r} (yet)")
+        found = published(replay_id)
         key = replay_key(replay_id)
         await send_command(key, ReplayCancel(replay_id=replay_id).dumps(), key)
-        return Replay.model_validate(found)
+        return found
 
     @router.post("/v1/runs/{run_id}/rerun", status_code=202, response_model=Rerun, response_model_exclude_none=True,
                  summary="Run a run again, from the start or from a step",

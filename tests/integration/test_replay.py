@@ -217,3 +217,29 @@ def test_events_retention_follows_the_setting_on_an_existing_topic(engine: "Engi
     finally:
         apply_events_retention(engine.settings)
     assert retention() == str(engine.settings.events_retention_ms)
+
+
+def test_a_cancelled_replay_stops_reading(engine_cleanup: "Engine") -> None:
+    engine = engine_cleanup
+    sg = engine.app("replay-cancel")
+
+    @sg.function(id="noop", trigger=TriggerEvent(event="noop"))
+    def noop(ctx: Any, step: Any) -> int:
+        return step.run("n", lambda: 1)
+
+    engine.start_worker(sg)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "noop", "data": {"n": n}} for n in range(40)])
+    engine.wait_run(ids[-1])
+    r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "pace": 5})
+    assert r.status_code == 202, r.text
+    replay_id = r.json()["id"]
+    assert engine.http.delete("/v1/replays/not-a-replay").status_code == 404
+    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").status_code == 200, 30, "the replay to start")
+    cancelled = engine.http.delete(f"/v1/replays/{replay_id}")
+    assert cancelled.status_code == 202, cancelled.text
+    final = _wait(lambda: (lambda b: b if b.get("status") == "cancelled" else None)(
+        engine.http.get(f"/v1/replays/{replay_id}").json()), 30, "the cancellation")
+    time.sleep(2.0)  # at 5 events/s, a replay still reading would have moved on by now
+    after = engine.http.get(f"/v1/replays/{replay_id}").json()
+    assert after["status"] == "cancelled" and after["events_read"] == final["events_read"] < 40
