@@ -3,7 +3,6 @@ broker), with stand-ins for the producer, the run views and the stats view."""
 
 from __future__ import annotations
 
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +17,7 @@ from sluicegate.ingest.http_api import create_api
 from sluicegate.local_broker import free_port
 from sluicegate.settings import Settings
 from sluicegate.wire import RunView, command_adapter
+from api_fakes import FakeStats, run_cli as call_cli
 
 T0 = 1_738_324_800_000
 
@@ -38,11 +38,6 @@ class FakeRuns:
 
     def run(self, run_id: str) -> RunView | None:
         return self.views.get(run_id)
-
-
-class FakeStats:
-    def __init__(self) -> None:
-        self.items: dict[str, object] = {}
 
 
 def view(run_id: str, status: str) -> RunView:
@@ -75,15 +70,7 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, Any
 
 
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        main(["cancel", *args])
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
+    return call_cli(["cancel", *args], capsys)
 
 
 def test_cancel_one_run(served: Any, capsys: pytest.CaptureFixture[str]) -> None:

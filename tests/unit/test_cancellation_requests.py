@@ -21,6 +21,7 @@ from sluicegate.ingest.http_api import create_api
 from sluicegate.partitioning import function_key, partition_for
 from sluicegate.settings import Settings
 from sluicegate.wire import RunView, command_adapter
+from api_fakes import FakeStats
 
 SETTINGS = Settings(topic_prefix="unit", partitions=4)
 T0 = 1_738_324_800_000  # 2025-01-31T12:00:00Z
@@ -47,11 +48,6 @@ class FakeStore:
 class FakeRuns:
     def __init__(self, views: list[RunView]) -> None:
         self.store = FakeStore(views)
-
-
-class FakeStats:
-    def __init__(self) -> None:
-        self.items: dict[str, object] = {}
 
 
 def view(run_id: str, status: str) -> RunView:

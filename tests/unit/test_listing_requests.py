@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import json
-import sys
 import threading
 import time
 import warnings
@@ -33,6 +32,7 @@ from sluicegate.state.run_view_store import RUN_STATUSES, RunViewStore
 from sluicegate.state.stores import MemoryStore
 from sluicegate.triggers import TriggerCron, TriggerEvent
 from sluicegate.wire import ErrorInfo, EventRecord, FunctionDefinition, RunView, StepView
+from api_fakes import run_cli
 
 SETTINGS = Settings(topic_prefix="unit", partitions=4)
 T0 = 1_738_324_800_000  # 2025-01-31T12:00:00Z
@@ -571,18 +571,6 @@ def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, dict[str, Any
     finally:
         server.should_exit = True
         thread.join(5)
-
-
-def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    try:
-        cli.main(args)
-        code = 0
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-        if isinstance(exc.code, str):
-            print(exc.code, file=sys.stderr)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_cli_runs_one_page_then_all(served: Any, capsys: pytest.CaptureFixture[str]) -> None:
