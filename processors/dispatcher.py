@@ -25,6 +25,7 @@ from __future__ import annotations
 import heapq
 import json
 import logging
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,7 +33,7 @@ from typing import Any
 from ..partitioning import partition_for
 from ..settings import Settings
 from ..state.codecs import timer_key
-from ..state.dispatch_record import ActiveRun
+from ..state.dispatch_record import ActiveRun, job_dispatch_key
 from ..state.run_state import RunState
 from ..topics import ensure_work_topic
 from ..wire import DispatchTick, FunctionDefinition, Heartbeat, StepOutcome
@@ -43,7 +44,7 @@ from .dispatch.fair_selection import FairState, Item, Weights
 from .dispatch.pump import Ticket, pump
 from .dispatch.run_keys import partitions_sharing, run_keys
 from .flow.rate_limit import GcraState
-from .run_decisions import finish_timeout_timer, job_for
+from .run_decisions import current_jobs, finish_timeout_timer, job_for
 
 log = logging.getLogger("sluicegate.dispatcher")
 
@@ -55,13 +56,14 @@ class PartitionDispatch:
     """The in-memory side of one partition's dispatcher."""
 
     backlogs: Backlogs = field(default_factory=Backlogs)
-    records: dict[str, ActiveRun] = field(default_factory=dict)
+    records: dict[str, ActiveRun] = field(default_factory=dict)  # by dispatch key (ActiveRun.dkey)
+    branches: dict[str, set[str]] = field(default_factory=dict)  # run id -> its branch jobs' keys
     tickets: dict[str, Ticket] = field(default_factory=dict)
     cc: cc.ConcurrencyState = cc.EMPTY
     fair: dict[str, FairState] = field(default_factory=dict)
     inflight: Counter = field(default_factory=Counter)       # app -> jobs in flight
     inflight_fn: Counter = field(default_factory=Counter)    # (app, fn) -> jobs in flight
-    leases: list[tuple[int, str, str]] = field(default_factory=list)  # heap (expires, run, lease)
+    leases: list[tuple[int, str, str]] = field(default_factory=list)  # heap (expires, dispatch key, lease)
     key_weights: dict[tuple[str, str, str], int] = field(default_factory=dict)
     weights: Weights = field(default_factory=Weights)
     weights_dirty: bool = False
@@ -77,7 +79,7 @@ class PartitionDispatch:
 
 def _ticket(rec: ActiveRun) -> Ticket:
     return Ticket(
-        item=Item(rec.run_id, rec.enqueued_at, rec.priority_s, rec.started), run_id=rec.run_id,
+        item=Item(rec.dkey, rec.enqueued_at, rec.priority_s, rec.started), run_id=rec.run_id,
         lease_id=f"{rec.job_id}:{rec.attempt}:{rec.dispatches}",
         limits=tuple(cc.SlotLimit(s, n, per) for s, n, per in rec.limits),  # type: ignore[arg-type]
         throttle=None if rec.throttle is None else th.Throttle(*rec.throttle),
@@ -124,12 +126,19 @@ class DispatchStage:
         return dp
 
     def _rebuild_dispatch(self) -> None:
-        """After a rebalance: backlogs, leases and counters from the ``dispatch`` records."""
+        """After a rebalance: backlogs, leases and counters from the ``dispatch`` records.
+
+        A lease in flight gets at least one more ``lease_ms`` from now (in memory): while no
+        processor read this partition, its worker's heartbeats waited in ``sg.commands``, so
+        a restart longer than a lease does not send every executing step out again."""
         self._dispatchers = {}
         self._dispatch_dirty = False
         n = 0
+        grace = int(time.time() * 1000) + self.settings.lease_ms
         for _key, raw in self.dispatch.items():
             rec = ActiveRun.model_validate_json(raw)
+            if rec.phase == "inflight" and rec.lease_expires < grace:
+                rec = rec.model_copy(update={"lease_expires": grace})
             dp = self._dispatchers.setdefault(rec.partition, PartitionDispatch())
             self._index(dp, rec)
             n += 1
@@ -139,16 +148,19 @@ class DispatchStage:
 
     def _index(self, dp: PartitionDispatch, rec: ActiveRun) -> None:
         """Put one record into the in-memory side (no writes)."""
-        dp.records[rec.run_id] = rec
+        dkey = rec.dkey
+        dp.records[dkey] = rec
+        if rec.branch is not None:
+            dp.branches.setdefault(rec.run_id, set()).add(dkey)
         runs_slots = tuple(s for s, _n, per in rec.limits if per == "run")
-        if rec.started and runs_slots and not rec.run_ended:
+        if rec.started and runs_slots and not rec.run_ended and rec.branch is None:  # branches share them
             state = dp.cc
             dp.cc = state.model_copy(update={
                 "runs": {**state.runs, rec.run_id: runs_slots},
                 "run_holders": cc._add(state.run_holders, runs_slots, rec.run_id)})
         if rec.phase == "ready":
             t = _ticket(rec)
-            dp.tickets[rec.run_id] = t
+            dp.tickets[dkey] = t
             dp.backlogs.add((rec.app_id, rec.function_id, rec.key), t.item)
             if rec.weight != 1:
                 dp.key_weights[(rec.app_id, rec.function_id, rec.key)] = rec.weight
@@ -162,37 +174,50 @@ class DispatchStage:
                 "step_holders": cc._add(state.step_holders, steps, rec.lease_id)})
             dp.inflight[rec.app_id] += 1
             dp.inflight_fn[(rec.app_id, rec.function_id)] += 1
-            heapq.heappush(dp.leases, (rec.lease_expires, rec.run_id, rec.lease_id))
+            heapq.heappush(dp.leases, (rec.lease_expires, dkey, rec.lease_id))
 
-    def _put_record(self, dp: PartitionDispatch, rec: ActiveRun | None, run_id: str) -> None:
+    def _put_record(self, dp: PartitionDispatch, rec: ActiveRun | None, dkey: str) -> None:
         """Change a record in memory now; the table gets its last state once per command
         (:meth:`_flush_records`): a run queued and dispatched, or released and ended, by one
         command costs one changelog record, not two."""
         if rec is None:
-            dp.records.pop(run_id, None)
+            old = dp.records.pop(dkey, None)
+            if old is not None and old.branch is not None:
+                keys = dp.branches.get(old.run_id)
+                if keys is not None:
+                    keys.discard(dkey)
+                    if not keys:
+                        del dp.branches[old.run_id]
         else:
-            dp.records[run_id] = rec
-        self._record_writes[run_id] = rec
+            dp.records[dkey] = rec
+        self._record_writes[dkey] = rec
 
     def _flush_records(self) -> None:
         writes, self._record_writes = self._record_writes, {}
-        for run_id, rec in writes.items():
+        for dkey, rec in writes.items():
             if rec is None:
-                self.dispatch.pop(run_id.encode(), None)
+                self.dispatch.pop(dkey.encode(), None)
             else:
-                self.dispatch[run_id.encode()] = rec.dumps()
+                self.dispatch[dkey.encode()] = rec.dumps()
 
     # -- inputs from the run state machine --------------------------------------------------
 
-    def _enqueue(self, run: RunState, job_id: str, attempt: int, partition: int, now: int) -> None:
-        """The run's job is ready: into its backlog (idempotent per job and attempt)."""
+    def _enqueue(self, run: RunState, job_id: str, attempt: int, partition: int, now: int,
+                 branch: str | None = None) -> None:
+        """A job of the run is ready: into its backlog (idempotent per job and attempt). A
+        ``step.parallel`` branch job (``branch``) is queued on its own, with the run's keys."""
         dp = self._dp(partition)
-        rec = dp.records.get(run.run_id)
+        dkey = job_dispatch_key(run.run_id, job_id)
+        rec = dp.records.get(dkey)
         if rec is not None and rec.job_id == job_id and rec.attempt == attempt and rec.phase in ("ready", "inflight"):
             return
         if rec is not None and rec.phase == "inflight":
             self._free_lease(dp, rec)
-            rec = dp.records.get(run.run_id)
+            rec = dp.records.get(dkey)
+        main = dp.records.get(run.run_id)
+        if rec is None and branch is not None and main is not None:
+            rec = main.model_copy(update={"branch": branch, "started": True, "finish_due": None, "dispatches": 0,
+                                          "lease_id": "", "lease_expires": 0})
         if rec is None:
             keys = run_keys(run.function, run.events[0] if run.events else {},
                             partitions_sharing=self._sharing())
@@ -204,9 +229,9 @@ class DispatchStage:
                 limits=[(lim.slot, lim.limit, lim.per) for lim in keys.limits],
                 throttle=None if keys.throttle is None else (keys.throttle.limit, keys.throttle.period_ms,
                                                              keys.throttle.burst),
-                throttle_key=keys.throttle_key)
+                throttle_key=keys.throttle_key, branch=branch, started=branch is not None)
         rec = rec.model_copy(update={"phase": "ready", "job_id": job_id, "attempt": attempt, "run_ended": False})
-        self._put_record(dp, rec, run.run_id)
+        self._put_record(dp, rec, dkey)
         self._index(dp, rec)
         self._touched.add((partition, run.app_id))
 
@@ -214,34 +239,39 @@ class DispatchStage:
         """Reconcile after a replayed command: a running run whose job is neither waiting
         for a retry nor known to the dispatcher gets it queued (writes to two tables are not
         atomic; a crash between them must not strand the run)."""
-        if run.finished or run.job is None or run.job.retry_timer is not None:
+        if run.finished:
             return
-        rec = self._dp(partition).records.get(run.run_id)
-        if rec is None or (rec.job_id, rec.attempt) != (run.job.job_id, run.job.attempt) or rec.phase == "idle":
-            self._enqueue(run, run.job.job_id, run.job.attempt, partition, now)
+        for branch, job in current_jobs(run):
+            if job.retry_timer is not None:
+                continue
+            rec = self._dp(partition).records.get(job_dispatch_key(run.run_id, job.job_id))
+            if rec is None or (rec.job_id, rec.attempt) != (job.job_id, job.attempt) or rec.phase == "idle":
+                self._enqueue(run, job.job_id, job.attempt, partition, now, branch=branch)
 
     def _run_finished(self, run: RunState, partition: int) -> None:
         """Free the run's run-level slots and drop its queued job; a step still executing
         keeps its lease until its outcome or expiry."""
         dp = self._dp(partition)
-        rec = dp.records.get(run.run_id)
-        if rec is None:
-            return
-        if rec.finish_due is not None:
-            self.timers.pop(timer_key(rec.finish_due, f"{run.run_id}:timeout-finish"), None)
-        dp.backlogs.remove(run.run_id)
-        dp.tickets.pop(run.run_id, None)
+        dkeys = [run.run_id, *sorted(dp.branches.get(run.run_id, ()))]
+        for dkey in dkeys:
+            rec = dp.records.get(dkey)
+            if rec is None:
+                continue
+            if rec.finish_due is not None:
+                self.timers.pop(timer_key(rec.finish_due, f"{run.run_id}:timeout-finish"), None)
+            dp.backlogs.remove(dkey)
+            dp.tickets.pop(dkey, None)
+            if rec.phase == "inflight":
+                self._put_record(dp, rec.model_copy(update={"run_ended": True}), dkey)
+            else:
+                self._put_record(dp, None, dkey)
         dp.cc = cc.release_run(dp.cc, run.run_id)
         self._touched.add((partition, run.app_id))
-        if rec.phase == "inflight":
-            self._put_record(dp, rec.model_copy(update={"run_ended": True}), run.run_id)
-        else:
-            self._put_record(dp, None, run.run_id)
 
     def _on_outcome_lease(self, cmd: StepOutcome, accepted: bool, partition: int) -> None:
         """An outcome frees the window slot and step slots of the dispatch it answers."""
         dp = self._dp(partition)
-        rec = dp.records.get(cmd.run_id)
+        rec = dp.records.get(job_dispatch_key(cmd.run_id, cmd.job_id))
         if rec is None or rec.phase != "inflight":
             return
         if accepted or cmd.lease_id == rec.lease_id or \
@@ -253,23 +283,24 @@ class DispatchStage:
         dp.inflight[rec.app_id] -= 1
         dp.inflight_fn[(rec.app_id, rec.function_id)] -= 1
         self._touched.add((rec.partition, rec.app_id))
-        if rec.run_ended:
-            self._put_record(dp, None, rec.run_id)
+        if rec.run_ended or rec.branch is not None:  # a branch job answered is done: its record goes
+            self._put_record(dp, None, rec.dkey)
         else:
             self._put_record(dp, rec.model_copy(update={"phase": "idle", "lease_id": "", "lease_expires": 0}),
-                             rec.run_id)
+                             rec.dkey)
 
     def _on_heartbeat(self, cmd: Heartbeat, partition: int, now: int) -> None:
         dp = self._dp(partition)
-        rec = dp.records.get(cmd.run_id)
+        # a lease id is ``<job id>:<attempt>:<dispatches>``
+        rec = dp.records.get(job_dispatch_key(cmd.run_id, cmd.lease_id.rsplit(":", 2)[0]))
         if rec is None or rec.phase != "inflight" or rec.lease_id != cmd.lease_id:
             return
         got = cc.extend(dp.cc, rec.lease_id, now + self.settings.lease_ms, now)
         if got.changed:
             dp.cc = got.state
             rec = rec.model_copy(update={"lease_expires": now + self.settings.lease_ms})
-            self._put_record(dp, rec, rec.run_id)
-            heapq.heappush(dp.leases, (rec.lease_expires, rec.run_id, rec.lease_id))
+            self._put_record(dp, rec, rec.dkey)
+            heapq.heappush(dp.leases, (rec.lease_expires, rec.dkey, rec.lease_id))
 
     def _on_tick(self, cmd: DispatchTick, partition: int, now: int) -> None:
         """Reap expired leases (their jobs go back to the head of their backlogs) and let
@@ -278,18 +309,17 @@ class DispatchStage:
         dp.tick_sent = False
         dp.throttle_wake = None
         while dp.leases and dp.leases[0][0] <= now:
-            _exp, run_id, lease_id = heapq.heappop(dp.leases)
-            rec = dp.records.get(run_id)
+            _exp, dkey, lease_id = heapq.heappop(dp.leases)
+            rec = dp.records.get(dkey)
             if rec is None or rec.phase != "inflight" or rec.lease_id != lease_id or rec.lease_expires > now:
                 continue  # stale heap entry: released, or extended by a heartbeat
             log.warning("run %s: lease %s expired (no outcome or heartbeat for %d ms); dispatching again",
-                        run_id, lease_id, self.settings.lease_ms)
+                        rec.run_id, lease_id, self.settings.lease_ms)
             ended = rec.run_ended
             self._free_lease(dp, rec)
             if not ended:
-                rec = dp.records[run_id]
-                rec = rec.model_copy(update={"phase": "ready", "started": True})
-                self._put_record(dp, rec, run_id)
+                rec = rec.model_copy(update={"phase": "ready", "started": True, "lease_id": "", "lease_expires": 0})
+                self._put_record(dp, rec, dkey)
                 self._index(dp, rec)
         dp.cc, _ = cc.reap(dp.cc, now)
         self._touched.update((partition, app) for app in dp.backlogs.apps())
@@ -347,20 +377,21 @@ class DispatchStage:
         return sent
 
     async def _send_job(self, dp: PartitionDispatch, ticket: Ticket, partition: int, now: int) -> None:
-        run_id = ticket.run_id
-        rec = dp.records[run_id]
-        dp.backlogs.remove(run_id)
-        dp.tickets.pop(run_id, None)
+        run_id, dkey = ticket.run_id, ticket.item.item_id
+        rec = dp.records[dkey]
+        dp.backlogs.remove(dkey)
+        dp.tickets.pop(dkey, None)
         run = self._views.get(run_id)  # changed by this command: already in hand
         if run is None:
             raw = self.runs.get(run_id.encode())
             run = RunState.model_validate_json(raw) if raw is not None else None
-        if run is None or run.finished or run.job is None or run.job.retry_timer is not None \
-                or (run.job.job_id, run.job.attempt) != (rec.job_id, rec.attempt):
+        job = None if run is None else (run.job if rec.branch is None else run.branches.get(rec.branch))
+        if run is None or run.finished or job is None or job.retry_timer is not None \
+                or (job.job_id, job.attempt) != (rec.job_id, rec.attempt):
             # the run moved on since its job was queued: nothing to send
             dp.cc = cc.release(dp.cc, ticket.lease_id)
-            self._put_record(dp, None if run is None or run.finished else rec.model_copy(update={"phase": "idle"}),
-                             run_id)
+            gone = run is None or run.finished or rec.branch is not None
+            self._put_record(dp, None if gone else rec.model_copy(update={"phase": "idle"}), dkey)
             return
         expires = now + self.settings.lease_ms
         finish_due = rec.finish_due
@@ -371,19 +402,19 @@ class DispatchStage:
                 finish_due = timer[1]
         rec = rec.model_copy(update={"phase": "inflight", "started": True, "finish_due": finish_due, "lease_id": ticket.lease_id,
                                      "lease_expires": expires, "dispatches": rec.dispatches + 1})
-        self._put_record(dp, rec, run_id)
+        self._put_record(dp, rec, dkey)
         self._flush_records()  # the record says "in flight" before the job can be seen
         dp.inflight[rec.app_id] += 1
         dp.inflight_fn[(rec.app_id, rec.function_id)] += 1
-        heapq.heappush(dp.leases, (expires, run_id, ticket.lease_id))
+        heapq.heappush(dp.leases, (expires, dkey, ticket.lease_id))
         work = self.settings.work_topic(rec.app_id)
         if work not in self._work_topics:
             import asyncio
 
             await asyncio.get_running_loop().run_in_executor(None, ensure_work_topic, self.settings, rec.app_id)
             self._work_topics.add(work)
-        job = job_for(run, now, lease_id=ticket.lease_id, lease_ms=self.settings.lease_ms)
-        await self._send(work, run_id, job.dumps(), partition)
+        msg = job_for(run, now, lease_id=ticket.lease_id, lease_ms=self.settings.lease_ms, branch=rec.branch)
+        await self._send(work, run_id, msg.dumps(), partition)
         if run_id in self._waiting_shown and run_id not in self._views:
             self._views[run_id] = run  # its view said it was waiting: say it no longer is
 

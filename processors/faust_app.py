@@ -329,7 +329,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         now = now_ms()
         for action in decision.actions:
             if isinstance(action, Dispatch):
-                self._enqueue(state, action.job.job_id, action.job.attempt, partition, now)
+                self._enqueue(state, action.job.job_id, action.job.attempt, partition, now, branch=action.job.branch)
             elif isinstance(action, StartTimer):
                 key = timer_key(action.due_ms, action.timer_id)
                 value = json.dumps({"app_id": state.app_id, "function_id": state.function_id,
@@ -393,6 +393,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         dp = self._dp(partition)
         candidates = [r.run_id for r in list(dp.records.values())
                       if (r.app_id, r.function_id) == (cmd.app_id, cmd.function_id) and not r.run_ended
+                      and r.branch is None
                       and (cmd.started_after is None or r.enqueued_at >= cmd.started_after)
                       and r.enqueued_at < cmd.started_before]
         n = 0

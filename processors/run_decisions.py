@@ -2,7 +2,10 @@
 
 No Kafka, RocksDB or clock here; ``now_ms`` is wall-clock ms given by the caller.
 
-A run has at most one job at a time (parallel steps are a later issue). Life of a job:
+A run has one job at a time, except while a ``step.parallel`` runs: the job that reached it
+reports the branches' new steps (``plan``), each becomes a job of its own
+(``RunState.branches``, ``Job.target_step``: dispatched, leased, retried and memoized alone),
+and once every branch has its result the run's next job goes. Life of a job:
 
 1. ``Dispatch`` — the job goes to the app's work queue with the memos so far.
 2. The worker reports one :class:`~sluicegate.wire.StepOutcome`:
@@ -41,6 +44,7 @@ from .. import limits
 from ..durations import MAX_SLEEP_MS
 from ..expressions import InvalidExpression
 from ..system_events import CANCELLED_EVENT, END_EVENTS, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT
+from ..state.dispatch_record import BRANCH_MARK
 from ..state.run_state import CurrentJob, PendingStep, RunState, StepRecord
 from ..wire import (CancelRun, ErrorInfo, EventRecord, FunctionDefinition, Job, RerunRun, StepAttemptView,
                     StepOutcome, TimerFired, Trigger, WaitResolved)
@@ -54,6 +58,7 @@ MAX_END_EVENT_EVENTS_BYTES = 256 * 1024  # a system event carries the run's even
 class DispatchRef:
     job_id: str
     attempt: int
+    branch: str | None = None  # a step.parallel branch job: the step's hash
 
 
 @dataclass(frozen=True)
@@ -110,14 +115,23 @@ def _job_id(run_id: str, seq: int) -> str:
     return f"{run_id}.{seq}"
 
 
-def job_for(run: RunState, now_ms: int, *, lease_id: str = "", lease_ms: int = 0) -> Job:
-    """The message a worker gets for the run's current job (memos as of now)."""
-    assert run.job is not None
+def job_for(run: RunState, now_ms: int, *, lease_id: str = "", lease_ms: int = 0,
+            branch: str | None = None) -> Job:
+    """The message a worker gets for the run's job, or for one branch (memos as of now)."""
+    job = run.job if branch is None else run.branches[branch]
+    assert job is not None
     return Job(
-        job_id=run.job.job_id, app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
-        attempt=run.job.attempt, max_attempts=run.max_attempts, events=run.events,
-        memos=run.memos(), dispatched_at=now_ms, lease_id=lease_id, lease_ms=lease_ms,
+        job_id=job.job_id, app_id=run.app_id, function_id=run.function_id, run_id=run.run_id,
+        attempt=job.attempt, max_attempts=run.max_attempts, events=run.events,
+        memos=run.memos(), dispatched_at=now_ms, lease_id=lease_id, lease_ms=lease_ms, target_step=branch,
     )
+
+
+def current_jobs(run: RunState) -> list[tuple[str | None, CurrentJob]]:
+    """(branch hash or None, job) of every job the run has now."""
+    out: list[tuple[str | None, CurrentJob]] = [] if run.job is None else [(None, run.job)]
+    out.extend(run.branches.items())
+    return out
 
 
 def _dispatch(run: RunState, now_ms: int) -> Dispatch:
@@ -286,6 +300,10 @@ def _ended(decision: Decision, now_ms: int) -> Decision:
     """A decision that ended its run: add the clean-up and the system events."""
     run = decision.state
     assert run is not None and run.finished
+    for b in run.branches.values():  # branches still queued or executing: their outcomes are discarded
+        if b.retry_timer is not None and b.retry_due is not None:
+            decision.actions.append(DeleteTimer("delete_timer", b.retry_timer, b.retry_due))
+    run.branches = {}
     if run.pending is not None:
         p = run.pending
         decision.actions.append(DeleteTimer("delete_timer", p.timer_id, p.due_ms))
@@ -466,6 +484,8 @@ def on_wait_resolved(run: RunState, cmd: WaitResolved, now_ms: int) -> Decision:
 
 
 def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
+    if BRANCH_MARK in cmd.job_id:
+        return _on_branch_outcome(run, cmd, now_ms)
     job = run.job
     if run.finished or job is None or job.retry_timer is not None:
         return Decision(run, note="stale: no job in flight")
@@ -480,6 +500,9 @@ def on_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
 
     if cmd.op == "steps":
         return _on_branches(run, cmd, attempt_view, now_ms)
+
+    if cmd.op == "plan":
+        return _plan_branches(run, cmd, now_ms)
 
     if cmd.op in ("sleep", "wait", "invoke"):
         if cmd.step_hash is None or cmd.step_hash in run.steps:
@@ -571,6 +594,83 @@ def _on_branches(run: RunState, cmd: StepOutcome, attempt_view: StepAttemptView,
     return Decision(run, [_next_job(run, now_ms)], changed=True)
 
 
+def _plan_branches(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
+    """``step.parallel`` reached new steps: each becomes a job of its own; the run's job waits
+    (``run.job`` is None) until every branch has its result."""
+    job = run.job
+    assert job is not None
+    planned: dict[str, str] = {}
+    for p in cmd.planned or []:
+        h = p.get("step_hash") if isinstance(p, dict) else None
+        if h and h not in run.steps:
+            planned.setdefault(h, str(p.get("step_id") or h))
+    if not planned:  # every planned step has its result already (a replayed report)
+        return Decision(run, [_next_job(run, now_ms)], changed=True)
+    if len(run.steps) + len(planned) > limits.MAX_STEPS_PER_RUN:
+        _finish(run, "failed", now_ms, error=_limit_error(
+            f"steps: a run may have at most {limits.MAX_STEPS_PER_RUN} steps (step.parallel planned "
+            f"{len(planned)} more after {len(run.steps)})"))
+        return Decision(run, changed=True)
+    actions: list[Action] = []
+    for h, step_id in planned.items():
+        branch = CurrentJob(job_id=f"{job.job_id}{BRANCH_MARK}{h[:16]}", seq=job.seq, attempt=0, since_ms=now_ms,
+                            dispatched_at=now_ms, step_id=step_id)
+        run.branches[h] = branch
+        actions.append(Dispatch("dispatch", DispatchRef(branch.job_id, 0, branch=h)))
+    run.job = None
+    return Decision(run, actions, changed=True)
+
+
+def _branch_of(run: RunState, job_id: str) -> str | None:
+    for h, b in run.branches.items():
+        if b.job_id == job_id:
+            return h
+    return None
+
+
+def _on_branch_outcome(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
+    """The outcome of one branch job: its step's result is memoized (or it retries alone);
+    the last branch to finish queues the run's next job."""
+    h = None if run.finished else _branch_of(run, cmd.job_id)
+    if h is None:
+        return Decision(run, note="stale: no such branch job")
+    b = run.branches[h]
+    if b.retry_timer is not None or cmd.attempt != b.attempt:
+        return Decision(run, note="stale: other branch attempt")
+    step_id = b.step_id or h
+    view = StepAttemptView(attempt=cmd.attempt, started_at=cmd.started_at, ended_at=cmd.ended_at,
+                           error=cmd.error if cmd.op == "step_error" else None)
+    if cmd.op == "step_ok" and cmd.step_hash == h:
+        if not _memoize(run, h, step_id, now_ms, output=cmd.data, attempts=[*b.failed_attempts, view]):
+            return Decision(run, changed=True)
+        return _branch_done(run, h, now_ms)
+    if cmd.op == "step_error" and cmd.step_hash in (h, None):
+        error = cmd.error or ErrorInfo()
+        if cmd.attempt + 1 < run.max_attempts and not cmd.no_retry:
+            delay = delay_after_failure(run.function, cmd.attempt, seed=b.job_id, retry_after_ms=cmd.retry_after_ms)
+            b.failed_attempts.append(view)
+            b.retry_timer, b.retry_due = f"{b.job_id}:{cmd.attempt + 1}", now_ms + delay
+            return Decision(run, [StartTimer("start_timer", b.retry_timer, b.retry_due)], changed=True)
+        if cmd.step_hash is None:  # an error outside any step: the run fails, as for the run's job
+            _finish(run, "failed", now_ms, error=error)
+            return Decision(run, changed=True)
+    else:  # the call did not reach its branch's step the way it was planned
+        error = ErrorInfo(name="NonDeterminismError", message=(
+            f"step.parallel branch {step_id!r}: the call reported {cmd.op!r}"
+            f"{f' for step {cmd.step_id!r}' if cmd.step_id else ''} instead of running this step"))
+        view = view.model_copy(update={"error": error})
+    if not _memoize(run, h, step_id, now_ms, error=error, attempts=[*b.failed_attempts, view]):
+        return Decision(run, changed=True)
+    return _branch_done(run, h, now_ms)
+
+
+def _branch_done(run: RunState, h: str, now_ms: int) -> Decision:
+    del run.branches[h]
+    if run.branches:
+        return Decision(run, changed=True)
+    return Decision(run, [_next_job(run, now_ms)], changed=True)
+
+
 def _seconds(ms: int | None) -> str:
     ms = ms or 0
     return f"{ms // 1000} s" if ms % 1000 == 0 else f"{ms / 1000:.3f} s"
@@ -599,6 +699,14 @@ def on_timer(run: RunState, cmd: TimerFired, now_ms: int, *, started: bool = Tru
         t = run.function.timeouts
         return cancel(run, f"timeout: the run did not finish within {_seconds(t.finish_ms if t else 0)} of "
                       "starting", now_ms, by="timeout")
+    for h, b in run.branches.items():
+        if b.retry_timer == cmd.timer_id:
+            due = b.retry_due or now_ms
+            b.attempt += 1
+            b.retry_timer = b.retry_due = None
+            b.dispatched_at = now_ms
+            return Decision(run, [DeleteTimer("delete_timer", cmd.timer_id, due),
+                                  Dispatch("dispatch", DispatchRef(b.job_id, b.attempt, branch=h))], changed=True)
     job = run.job
     if job is None or job.retry_timer != cmd.timer_id:
         return Decision(run, note="stale timer")
@@ -618,6 +726,7 @@ def _copy_for_update(run: RunState) -> RunState:
         "steps": dict(run.steps),
         "step_order": list(run.step_order),
         "job": None if run.job is None else run.job.model_copy(deep=True),
+        "branches": {h: b.model_copy(deep=True) for h, b in run.branches.items()},
     })
 
 

@@ -11,16 +11,19 @@ from .step import AsyncStep, Context, Sender, Step, _check_output, _nondetermini
 
 
 def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]],
-              sender: Sender | None = None) -> dict[str, Any]:
+              sender: Sender | None = None, target: str | None = None) -> dict[str, Any]:
     """Run the handler from the top with these memos; return the outcome of this call.
 
     Outcome: ``{"op": "step_ok" | "step_error" | "run_ok", ...}`` (see ``wire.StepOutcome``).
     After a step succeeds, the handler is called once more with that result memoized but
     without running any new step (look-ahead): if the function then returns, the outcome
     also carries ``run_done``/``run_output`` and the run ends without one more job.
+
+    ``target``: a ``step.parallel`` branch job; the call runs only that step (no look-ahead:
+    its siblings may still be running elsewhere).
     """
-    outcome = _call(fn, ctx, memos, plan_only=False, sender=sender)
-    if outcome["op"] == "step_ok":
+    outcome = _call(fn, ctx, memos, plan_only=False, sender=sender, target=target)
+    if outcome["op"] == "step_ok" and target is None:
         ahead = _call(fn, ctx, {**memos, outcome["step_hash"]: {"data": outcome["data"]}}, plan_only=True,
                       sender=sender)
         if ahead["op"] == "run_ok":
@@ -30,14 +33,14 @@ def call_once(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]],
 
 
 def _call(fn: Function, ctx: Context, memos: dict[str, dict[str, Any]], *, plan_only: bool,
-          sender: Sender | None) -> dict[str, Any]:
+          sender: Sender | None, target: str | None = None) -> dict[str, Any]:
     step: Step | AsyncStep
     try:
         if fn.is_async:
-            step = AsyncStep(memos, plan_only, run_id=ctx.run_id, sender=sender)
+            step = AsyncStep(memos, plan_only, run_id=ctx.run_id, sender=sender, target=target)
             result = asyncio.run(fn.handler(ctx, step))
         else:
-            step = Step(memos, plan_only, run_id=ctx.run_id, sender=sender)
+            step = Step(memos, plan_only, run_id=ctx.run_id, sender=sender, target=target)
             result = fn.handler(ctx, step)
         unreached = step.unreached()
         if unreached:

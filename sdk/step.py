@@ -28,13 +28,11 @@ with ``NonDeterminismError`` naming the steps, rather than run side effects twic
 from __future__ import annotations
 
 import hashlib
-import asyncio
 import datetime as dt
 import inspect
 import json
 import time
 import traceback
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -129,6 +127,13 @@ class _Discovered(BaseException):
         self.full_id, self.hash, self.fn, self.args = full_id, h, fn, args
 
 
+def _target_missed(target: str, why: str) -> dict[str, Any]:
+    """A branch job whose call did not reach its step where it was planned (the code changed)."""
+    return {"op": "step_error", "step_hash": target, "no_retry": True, "error": {
+        "name": "NonDeterminismError",
+        "message": f"a step.parallel branch job did not reach its step {target[:12]}: the call {why}"}}
+
+
 def _branch_results(branches: list[Any], errors: dict[int, BaseException]) -> tuple[Any, ...]:
     for i in sorted(errors):
         raise errors[i]
@@ -141,6 +146,7 @@ class _StepBase:
     plan_only: bool = False  # look-ahead call: stop at the first new step without running it
     run_id: str = ""
     sender: Sender | None = None  # step.send_event's transport (the worker's producer)
+    target: str | None = None  # a step.parallel branch job: run only this step (hash)
     _seen: dict[str, int] = field(default_factory=dict)
     _reached: set[str] = field(default_factory=set)
     _discovering: bool = False  # inside step.parallel's first pass
@@ -170,6 +176,8 @@ class _StepBase:
             raise StepInterrupt(_nondeterminism(unreached, self.memos, f"the call reached new step {full_id!r}"))
         if self.plan_only:
             raise StepInterrupt({"op": "planned", "step_hash": h, "step_id": full_id})
+        if self.target is not None and h != self.target:
+            raise StepInterrupt(_target_missed(self.target, f"reached new step {full_id!r} first"))
 
     @staticmethod
     def _replay(full_id: str, memo: dict[str, Any]) -> Any:
@@ -293,7 +301,9 @@ class _StepBase:
             self._discovering = False
         return results, errors, planned
 
-    def _planned_or_check(self, planned: list[tuple[int, _Discovered]]) -> None:
+    def _to_execute(self, planned: list[tuple[int, _Discovered]]) -> _Discovered:
+        """The one new step of ``step.parallel`` this job executes: its target, or the only
+        one. Otherwise the call stops with ``plan``: each new step becomes a job of its own."""
         unreached = self.unreached()
         if unreached:
             first = planned[0][1].full_id
@@ -301,6 +311,15 @@ class _StepBase:
         if self.plan_only:
             _i, found = planned[0]
             raise StepInterrupt({"op": "planned", "step_hash": found.hash, "step_id": found.full_id})
+        if self.target is not None:
+            for _i, found in planned:
+                if found.hash == self.target:
+                    return found
+            raise StepInterrupt(_target_missed(self.target, "reached step.parallel without it"))
+        if len(planned) == 1:
+            return planned[0][1]
+        raise StepInterrupt({"op": "plan", "planned": [{"step_hash": f.hash, "step_id": f.full_id}
+                                                       for _i, f in planned]})
 
     @staticmethod
     def _branch_outcome(found: _Discovered, value: Any = None, exc: BaseException | None = None) -> dict[str, Any]:
@@ -374,23 +393,20 @@ class Step(_StepBase):
 
     def parallel(self, branches: Any) -> tuple[Any, ...]:
         """Run branches at once: ``step.parallel([lambda: step.run("a", fa), lambda: step.run("b", fb)])``
-        → ``(a, b)``. Their new steps execute together in this job (threads) and each result is
-        memoized on its own; a failed one is retried alone. A branch error raises here after
-        all branches have their results."""
+        → ``(a, b)``. Each branch's new step is a job of its own (dispatched, leased, retried
+        and memoized alone, on any worker); the call goes on once all have results. A branch
+        error raises here after all branches have their results."""
         results, errors, planned = self._discover(branches)
         if not planned:
             return _branch_results(results, errors)
-        self._planned_or_check(planned)
-        with ThreadPoolExecutor(max_workers=len(planned), thread_name_prefix="sg-parallel") as pool:
-            futures = [pool.submit(found.fn, *found.args) for _i, found in planned]
-        outcomes = []
-        for (_i, found), fut in zip(planned, futures):
-            exc = fut.exception()
-            value = None if exc is not None else fut.result()
-            if exc is None and inspect.isawaitable(value):
-                exc, value = NonRetriableError(f"step {found.full_id!r}: an async step needs an async handler"), None
-            outcomes.append(self._branch_outcome(found, value, exc))
-        raise StepInterrupt({"op": "steps", "results": outcomes})
+        found = self._to_execute(planned)
+        try:
+            value = found.fn(*found.args)
+            if inspect.isawaitable(value):
+                raise NonRetriableError(f"step {found.full_id!r}: an async step needs an async function handler")
+        except Exception as exc:
+            raise StepInterrupt(self._branch_outcome(found, exc=exc)) from None
+        raise StepInterrupt(self._branch_outcome(found, value))
 
     def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         """Send events (each starts every function it triggers) once; returns their ids."""
@@ -437,8 +453,7 @@ class AsyncStep(_StepBase):
         return self._invoke(step_id, function, data, timeout)
 
     async def parallel(self, branches: Any) -> tuple[Any, ...]:
-        """As :meth:`Step.parallel`; branches are ``lambda: step.run(...)`` (not awaited) and
-        their steps run together (coroutines gathered; sync functions in threads)."""
+        """As :meth:`Step.parallel`; branches are ``lambda: step.run(...)`` (not awaited)."""
         calls = list(branches) if not callable(branches) else [branches]
 
         def first_pass_branch(branch: Callable[[], Any]) -> Callable[[], Any]:
@@ -457,22 +472,14 @@ class AsyncStep(_StepBase):
         results, errors, planned = self._discover([first_pass_branch(b) for b in calls])
         if not planned:
             return _branch_results(results, errors)
-        self._planned_or_check(planned)
-
-        async def execute(found: _Discovered) -> dict[str, Any]:
-            try:
-                if inspect.iscoroutinefunction(found.fn):
-                    value = await found.fn(*found.args)
-                else:  # a blocking function must not stall its siblings
-                    value = await asyncio.to_thread(found.fn, *found.args)
-                    if inspect.isawaitable(value):
-                        value = await value
-            except Exception as exc:
-                return self._branch_outcome(found, exc=exc)
-            return self._branch_outcome(found, value)
-
-        outcomes = await asyncio.gather(*(execute(found) for _i, found in planned))
-        raise StepInterrupt({"op": "steps", "results": list(outcomes)})
+        found = self._to_execute(planned)
+        try:
+            value = found.fn(*found.args)
+            if inspect.isawaitable(value):
+                value = await value
+        except Exception as exc:
+            raise StepInterrupt(self._branch_outcome(found, exc=exc)) from None
+        raise StepInterrupt(self._branch_outcome(found, value))
 
     async def send_event(self, step_id: str, events: dict[str, Any] | list[dict[str, Any]]) -> list[str]:
         full_id, h, memo = self._resolve(step_id)

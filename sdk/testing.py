@@ -22,9 +22,10 @@ def _event(event: dict[str, Any]) -> dict[str, Any]:
 
 
 def call(fn: Function, event: dict[str, Any], memos: dict[str, dict[str, Any]] | None = None,
-         attempt: int = 0, run_id: str = "test-run") -> dict[str, Any]:
-    """One call of ``fn`` with the given memos (step hash -> {"data"} | {"error"})."""
-    return call_once(fn, _ctx(fn, [_event(event)], attempt, run_id), dict(memos or {}))
+         attempt: int = 0, run_id: str = "test-run", target: str | None = None) -> dict[str, Any]:
+    """One call of ``fn`` with the given memos (step hash -> {"data"} | {"error"}); ``target``:
+    a ``step.parallel`` branch job's step hash (the call runs only that step)."""
+    return call_once(fn, _ctx(fn, [_event(event)], attempt, run_id), dict(memos or {}), target=target)
 
 
 @dataclass
@@ -84,18 +85,27 @@ def run(fn: Function, event: dict[str, Any], max_calls: int = 1000, *,
             result.step_ids.append(out["step_id"])
             attempt = 0
             continue
-        if out["op"] == "steps":
-            failed = False
-            for branch in out["results"]:
-                if branch["op"] == "step_ok":
-                    memos[branch["step_hash"]] = {"data": json.loads(json.dumps(branch["data"]))}
-                    result.step_ids.append(branch["step_id"])
-                elif branch.get("no_retry") or attempt + 1 >= max_attempts:
-                    memos[branch["step_hash"]] = {"error": branch["error"]}
-                    result.step_ids.append(branch["step_id"])
+        if out["op"] == "plan":  # step.parallel: each new step is a job of its own, retried alone
+            for planned in out["planned"]:
+                h, done = planned["step_hash"], None
+                for branch_attempt in range(max_attempts):
+                    result.calls += 1
+                    done = call_once(fn, _ctx(fn, events, branch_attempt, "test-run"), memos, sender=sender, target=h)
+                    if done["op"] == "step_ok" or done.get("no_retry"):
+                        break
+                assert done is not None
+                if done["op"] == "step_ok" and done.get("step_hash") == h:
+                    memos[h] = {"data": json.loads(json.dumps(done["data"]))}
+                elif done["op"] == "step_error" and done.get("step_hash") is None:
+                    result.status, result.error = "failed", done["error"]
+                    break
                 else:
-                    failed = True
-            attempt = attempt + 1 if failed else 0
+                    memos[h] = {"error": done.get("error") or {"name": "NonDeterminismError",
+                                                               "message": f"branch reported {done['op']!r}"}}
+                result.step_ids.append(planned["step_id"])
+            if result.status == "failed":
+                break
+            attempt = 0
             continue
         if out["op"] == "step_ok":
             memos[out["step_hash"]] = {"data": json.loads(json.dumps(out["data"]))}

@@ -57,7 +57,7 @@ Ack = tuple[int, int, "KafkaError | None"]  # (partition, offset, delivery error
 
 
 _DURABLE_FIELDS = ("duration_ms", "until_ms", "wait_event", "wait_match", "wait_if", "timeout_ms", "invoke_app",
-                   "invoke_function", "invoke_data", "results")
+                   "invoke_function", "invoke_data", "results", "planned")
 
 
 def check_concurrency(value: object) -> int:
@@ -132,7 +132,7 @@ class Worker:
             ctx = Context(event=events[0] if events else {}, events=events, run_id=job.run_id,
                           attempt=job.attempt, max_attempts=job.max_attempts,
                           function_id=job.function_id, app_id=job.app_id)
-            result = call_once(fn, ctx, job.memos, sender=self._send_events)
+            result = call_once(fn, ctx, job.memos, sender=self._send_events, target=job.target_step)
         error = result.get("error")
         return StepOutcome(
             app_id=job.app_id, function_id=job.function_id, run_id=job.run_id, job_id=job.job_id,

@@ -123,8 +123,10 @@ class StepOutcome(_Model):
     ``run_ok`` (the function returned ``data``; no step left), or a durable step the engine
     carries out: ``sleep`` (``duration_ms`` from ``ended_at``, or ``until_ms``), ``wait``
     (``wait_event``, ``wait_match`` or ``wait_if``, ``timeout_ms``), ``invoke``
-    (``invoke_app``/``invoke_function``, ``invoke_data``, ``timeout_ms``); or ``steps``: the
-    branches of a ``step.parallel`` this job executed together (``results``).
+    (``invoke_app``/``invoke_function``, ``invoke_data``, ``timeout_ms``); or ``plan``: the
+    call reached a ``step.parallel`` whose new steps are ``planned`` (each becomes a job of its
+    own, with ``Job.target_step``); or ``steps``: branches executed together by one job
+    (``results``; how earlier SDK builds ran them; still accepted).
     """
 
     kind: Literal["outcome"] = "outcome"
@@ -133,7 +135,7 @@ class StepOutcome(_Model):
     run_id: str
     job_id: str
     attempt: int
-    op: Literal["step_ok", "step_error", "run_ok", "sleep", "wait", "invoke", "steps"]
+    op: Literal["step_ok", "step_error", "run_ok", "sleep", "wait", "invoke", "plan", "steps"]
     step_hash: str | None = None
     step_id: str | None = None
     data: Any = None
@@ -153,6 +155,8 @@ class StepOutcome(_Model):
     invoke_data: dict[str, Any] | None = None
     results: list[dict[str, Any]] | None = Field(None, description=(
         "op steps (step.parallel): one step_ok / step_error outcome per branch executed by this job"))
+    planned: list[dict[str, str]] | None = Field(None, description=(
+        "op plan (step.parallel): [{step_hash, step_id}] of the branches' new steps, in order"))
     started_at: int
     ended_at: int
     worker_id: str = ""
@@ -336,6 +340,8 @@ class Job(_Model):
     dispatched_at: int
     lease_id: str = Field("", description="echo it in the outcome and in heartbeats")
     lease_ms: int = Field(0, description="the lease lasts this long from dispatch or the last heartbeat")
+    target_step: str | None = Field(None, description=(
+        "a step.parallel branch job: run only the step with this hash (the call replays its memos up to it)"))
 
 
 class StepAttemptView(BaseModel):

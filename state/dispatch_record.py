@@ -1,7 +1,9 @@
 """The dispatcher's durable record of one active run (table ``dispatch``, key: run id).
 
 A record exists from a run's first ready job until the run has ended *and* no step of it is
-executing. It holds what the dispatcher decided at schedule time (reference §2: keys are
+executing. While a ``step.parallel`` runs, each branch job has a record of its own (key
+``<run id>#<step hash>``, ``branch`` set) that shares the run's keys and limits; the run's
+own record then stays ``idle`` and holds the run-level slots. It holds what the dispatcher decided at schedule time (reference §2: keys are
 evaluated once and cached on the run) and where the run's current job is:
 
 =========  ===========================================================================
@@ -21,6 +23,20 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel
+
+
+BRANCH_MARK = "#"  # a branch job's id is ``<run job id>#<step hash[:16]>``
+
+
+def dispatch_key(run_id: str, branch: str | None) -> str:
+    """The run id for the run's job; ``<run id>#<hash[:16]>`` for a ``step.parallel`` branch."""
+    return run_id if not branch else f"{run_id}{BRANCH_MARK}{branch[:16]}"
+
+
+def job_dispatch_key(run_id: str, job_id: str) -> str:
+    """The dispatch key of the job ``job_id`` of run ``run_id`` (an outcome names its job)."""
+    _, mark, branch = job_id.rpartition(BRANCH_MARK)
+    return dispatch_key(run_id, branch if mark else None)
 
 
 class ActiveRun(BaseModel):
@@ -44,6 +60,12 @@ class ActiveRun(BaseModel):
     dispatches: int = 0
     run_ended: bool = False       # the run ended while its step was executing
     finish_due: int | None = None  # the finish timeout's timer, set at the first dispatch
+    branch: str | None = None     # a step.parallel branch job: its step's hash
+
+    @property
+    def dkey(self) -> str:
+        """The record's key (table ``dispatch``, backlogs, leases)."""
+        return dispatch_key(self.run_id, self.branch)
 
     def dumps(self) -> bytes:
         return self.model_dump_json().encode()

@@ -23,7 +23,8 @@ class StepRecord(BaseModel):
 
 
 class CurrentJob(BaseModel):
-    """The one job of this run that may be in flight (or waiting for its retry timer)."""
+    """A job of this run that may be in flight (or waiting for its retry timer): the run's
+    job, or one branch of a ``step.parallel`` (``RunState.branches``)."""
 
     job_id: str
     seq: int
@@ -33,6 +34,7 @@ class CurrentJob(BaseModel):
     retry_due: int | None = None
     failed_attempts: list[StepAttemptView] = Field(default_factory=list)
     since_ms: int = Field(0, description="when the job became ready: a wait it plans sees events accepted since")
+    step_id: str | None = Field(None, description="a branch job: the id of the one step it runs")
 
 
 class PendingStep(BaseModel):
@@ -68,6 +70,8 @@ class RunState(BaseModel):
     steps: dict[str, StepRecord] = Field(default_factory=dict)
     step_order: list[str] = Field(default_factory=list)
     job: CurrentJob | None = None
+    branches: dict[str, CurrentJob] = Field(
+        default_factory=dict, description="step.parallel: step hash -> its own job, while the run's job waits for all")
     job_seq: int = 0
     state_bytes: int = 0
     pending: PendingStep | None = None
@@ -100,6 +104,9 @@ class RunState(BaseModel):
                      error=self.steps[h].error, attempts=self.steps[h].attempts)
             for h in self.step_order
         ]
+        if not self.finished:
+            steps.extend(StepView(hash=h, id=b.step_id or h, status="running", attempts=b.failed_attempts)
+                         for h, b in self.branches.items())
         if self.pending is not None and not self.finished:
             p = self.pending
             steps.append(StepView(hash=p.hash, id=p.id, status="sleeping" if p.kind == "sleep" else "waiting",

@@ -212,7 +212,7 @@ def test_on_failure_runs_once_with_the_error(engine_cleanup: "Engine") -> None:
     assert data["error"]["name"] == "StepError" or "no good" in data["error"]["message"]
 
 
-def test_parallel_steps_run_together_each_memoized_and_a_failed_branch_is_retried_alone(
+def test_parallel_steps_are_jobs_of_their_own_each_memoized_and_a_failed_branch_is_retried_alone(
         engine_cleanup: "Engine") -> None:
     from sluicegate.sdk import Retries
 
@@ -220,12 +220,14 @@ def test_parallel_steps_run_together_each_memoized_and_a_failed_branch_is_retrie
     calls: dict[str, int] = {"a": 0, "b": 0, "c": 0}
     lock = threading.Lock()
     spans: dict[str, tuple[float, float]] = {}
+    threads: dict[str, str] = {}
 
     def branch(name: str, fail_first: bool = False) -> Callable[[], str]:
         def body() -> str:
             with lock:
                 calls[name] += 1
                 n = calls[name]
+            threads[name] = threading.current_thread().name
             start = time.monotonic()
             time.sleep(0.5)
             spans[name] = (start, time.monotonic())
@@ -246,11 +248,76 @@ def test_parallel_steps_run_together_each_memoized_and_a_failed_branch_is_retrie
     run = engine_cleanup.wait_run(event_id, timeout=60)
     assert (run["status"], run["output"]) == ("completed", "ABC")
     assert calls == {"a": 1, "b": 1, "c": 2}  # only the failed branch ran again
-    # a and b overlapped in time: they ran together, not one after the other
+    # a and b overlapped in time, each in a job of its own (a worker job thread apiece)
     assert spans["a"][0] < spans["b"][1] and spans["b"][0] < spans["a"][1]
+    assert len({threads["a"], threads["b"]}) == 2 and all(t.startswith("sg-job-") for t in threads.values())
     steps = {s["id"]: s for s in run["steps"]}
     assert set(steps) == {"a", "b", "c", "join"}
     assert [att["attempt"] for att in steps["c"]["attempts"]] == [0, 1]
+
+
+def test_each_parallel_branch_holds_its_own_concurrency_slot(engine_cleanup: "Engine") -> None:
+    """With a step concurrency of 1, the three branches of one run execute one at a time (each
+    is a job that takes the slot); while one executes, the view shows all three running."""
+    from sluicegate.sdk import Concurrency
+
+    sg = engine_cleanup.app("parslots")
+    lock = threading.Lock()
+    active, most = [0], [0]
+
+    def branch(name: str) -> Callable[[], str]:
+        def body() -> str:
+            with lock:
+                active[0] += 1
+                most[0] = max(most[0], active[0])
+            time.sleep(0.4)
+            with lock:
+                active[0] -= 1
+            return name
+        return body
+
+    @sg.function(id="one-slot", trigger=TriggerEvent(event="slots.go"), concurrency=[Concurrency(limit=1)])
+    def one_slot(ctx: Any, step: Any) -> str:
+        return "".join(step.parallel([lambda n=n: step.run(n, branch(n)) for n in "xyz"]))
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "slots.go"})
+    mid = engine_cleanup.wait_run(event_id, until=lambda r: sum(s["status"] == "running" for s in r["steps"]) == 3)
+    assert {s["id"] for s in mid["steps"] if s["status"] == "running"} == {"x", "y", "z"}
+    run = engine_cleanup.wait_run(event_id, timeout=60)
+    assert (run["status"], run["output"], most[0]) == ("completed", "xyz", 1)
+
+
+def test_parallel_branches_in_flight_survive_a_processor_restart(engine_cleanup: "Engine") -> None:
+    """The dispatcher rebuilds each branch job's record after a restart: the branches that
+    were executing report to the new processor, none runs twice, and the run completes."""
+    sg = engine_cleanup.app("parrestart")
+    lock = threading.Lock()
+    calls: dict[str, int] = {}
+    go = threading.Event()
+
+    def branch(name: str) -> Callable[[], str]:
+        def body() -> str:
+            with lock:
+                calls[name] = calls.get(name, 0) + 1
+            go.wait(30)
+            return name.upper()
+        return body
+
+    @sg.function(id="fan", trigger=TriggerEvent(event="fan.go"))
+    def fan(ctx: Any, step: Any) -> str:
+        return "".join(step.parallel([lambda n=n: step.run(n, branch(n)) for n in "pqr"]))
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "fan.go"})
+    _wait(lambda: len(calls) == 3, timeout=30, what="all three branches executing")
+    processor = engine_cleanup.processor
+    processor.kill()
+    processor.start()
+    go.set()
+    run = engine_cleanup.wait_run(event_id, timeout=90)
+    assert (run["status"], run["output"]) == ("completed", "PQR")
+    assert calls == {"p": 1, "q": 1, "r": 1}
 
 
 def test_cancel_on_while_waiting_for_an_event_and_a_late_match_changes_nothing(engine_cleanup: "Engine") -> None:

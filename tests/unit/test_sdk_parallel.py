@@ -1,9 +1,9 @@
-"""step.parallel in the SDK (no broker): discovery, memo replay, branch errors, retries of
-only the failed branches, non-determinism, and the run decision for a ``steps`` outcome."""
+"""step.parallel in the SDK (no broker): discovery, the plan of branch jobs, a branch job
+running only its target step, memo replay, branch errors, retries of only the failed
+branches, non-determinism, and the run decision for a ``steps`` outcome (older workers)."""
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Callable
 
 import pytest
@@ -27,12 +27,10 @@ def make(handler: Callable[..., Any], **config: Any) -> Any:
     return sg.function(id="fn", trigger=TriggerEvent(event="go"), **config)(handler)
 
 
-def three_branches(ran: list[str], barrier: threading.Barrier | None = None) -> Callable[..., Any]:
+def three_branches(ran: list[str]) -> Callable[..., Any]:
     def work(name: str) -> Callable[[], str]:
         def body() -> str:
             ran.append(name)
-            if barrier is not None:
-                barrier.wait(5)  # only passes if the branches run at the same time
             return name.upper()
         return body
 
@@ -47,19 +45,60 @@ def branch_result(name: str, value: Any) -> dict[str, Any]:
     return {"op": "step_ok", "step_hash": step_hash(name), "step_id": name, "data": value}
 
 
-@pytest.mark.parametrize(("memos", "executed"), [
-    pytest.param({}, ["a", "b", "c"], id="nothing-memoized-all-branches-execute"),
+@pytest.mark.parametrize(("memos", "planned"), [
+    pytest.param({}, ["a", "b", "c"], id="nothing-memoized"),
     pytest.param({step_hash("a"): ok("A")}, ["b", "c"], id="a-memoized"),
     pytest.param({step_hash("b"): ok("B")}, ["a", "c"], id="b-finished-first"),
-    pytest.param({step_hash("a"): ok("A"), step_hash("c"): ok("C")}, ["b"], id="only-b-left"),
 ])
-def test_only_branches_without_a_memo_execute_and_they_execute_together(
-        memos: dict[str, Any], executed: list[str]) -> None:
+def test_new_branch_steps_are_planned_as_jobs_of_their_own_and_none_runs(
+        memos: dict[str, Any], planned: list[str]) -> None:
     ran: list[str] = []
-    fn = make(three_branches(ran, threading.Barrier(len(executed))))
-    out = testing.call(fn, EVENT, memos)
-    assert out == {"op": "steps", "results": [branch_result(n, n.upper()) for n in executed]}
-    assert sorted(ran) == executed
+    out = testing.call(make(three_branches(ran)), EVENT, memos)
+    assert out == {"op": "plan", "planned": [{"step_hash": step_hash(n), "step_id": n} for n in planned]}
+    assert ran == []
+
+
+def test_a_single_new_branch_step_runs_in_the_job_that_reached_it() -> None:
+    ran: list[str] = []
+    out = testing.call(make(three_branches(ran)), EVENT, {step_hash("a"): ok("A"), step_hash("c"): ok("C")})
+    assert out == branch_result("b", "B") and ran == ["b"]
+
+
+@pytest.mark.parametrize(("memos", "target"), [
+    pytest.param({}, "a", id="first"),
+    pytest.param({}, "c", id="last"),
+    pytest.param({step_hash("a"): ok("A")}, "b", id="sibling-memoized"),
+    pytest.param({step_hash("a"): ok("A"), step_hash("b"): ok("B")}, "c", id="only-one-left"),
+])
+def test_a_branch_job_runs_only_its_target_step(memos: dict[str, Any], target: str) -> None:
+    ran: list[str] = []
+    out = testing.call(make(three_branches(ran)), EVENT, memos, target=step_hash(target))
+    assert out == branch_result(target, target.upper()) and ran == [target]
+
+
+@pytest.mark.parametrize(("memos", "target", "why"), [
+    pytest.param({step_hash("a"): ok("A")}, "a", "without it", id="target-already-memoized"),
+    pytest.param({}, "zzz", "without it", id="target-not-in-the-group"),
+])
+def test_a_branch_job_that_misses_its_step_reports_non_determinism(
+        memos: dict[str, Any], target: str, why: str) -> None:
+    ran: list[str] = []
+    out = testing.call(make(three_branches(ran)), EVENT, memos, target=step_hash(target))
+    assert (out["op"], out["step_hash"], out["no_retry"], out["error"]["name"]) == (
+        "step_error", step_hash(target), True, "NonDeterminismError")
+    assert why in out["error"]["message"] and ran == []
+
+
+def test_a_branch_job_stops_at_a_different_new_step_before_the_group() -> None:
+    ran: list[str] = []
+
+    def handler(ctx: Any, step: Any) -> Any:
+        step.run("new-first", lambda: ran.append("new-first"))
+        return step.parallel([lambda: step.run("a", lambda: ran.append("a"))])
+
+    out = testing.call(make(handler), EVENT, {}, target=step_hash("a"))
+    assert (out["op"], out["error"]["name"], out["step_hash"]) == ("step_error", "NonDeterminismError", step_hash("a"))
+    assert "'new-first'" in out["error"]["message"] and ran == []
 
 
 def test_all_branches_memoized_returns_their_results_in_order() -> None:
@@ -71,19 +110,19 @@ def test_all_branches_memoized_returns_their_results_in_order() -> None:
     assert ran == []
 
 
-def test_a_failing_branch_is_reported_next_to_the_successful_ones() -> None:
+@pytest.mark.parametrize(("target", "name", "no_retry"), [
+    pytest.param("bad", "ValueError", False, id="retriable"),
+    pytest.param("final", "NonRetriableError", True, id="non-retriable"),
+])
+def test_a_failing_branch_job_reports_its_step_error(target: str, name: str, no_retry: bool) -> None:
     def handler(ctx: Any, step: Any) -> Any:
         return step.parallel([lambda: step.run("good", lambda: 1),
                               lambda: step.run("bad", lambda: (_ for _ in ()).throw(ValueError("no"))),
                               lambda: step.run("final", lambda: (_ for _ in ()).throw(NonRetriableError("stop")))])
 
-    out = testing.call(make(handler), EVENT)
-    assert out["op"] == "steps"
-    by_id = {r["step_id"]: r for r in out["results"]}
-    assert by_id["good"] == branch_result("good", 1)
-    assert (by_id["bad"]["op"], by_id["bad"]["error"]["name"], by_id["bad"]["no_retry"]) == (
-        "step_error", "ValueError", False)
-    assert (by_id["final"]["op"], by_id["final"]["no_retry"]) == ("step_error", True)
+    out = testing.call(make(handler), EVENT, target=step_hash(target))
+    assert (out["op"], out["step_hash"], out["step_id"], out["error"]["name"], out["no_retry"]) == (
+        "step_error", step_hash(target), target, name, no_retry)
 
 
 def test_a_memoized_branch_error_raises_step_error_from_parallel() -> None:
@@ -151,29 +190,30 @@ def test_a_memo_no_longer_reached_next_to_a_parallel_group_is_non_determinism() 
     assert "'gone'" in out["error"]["message"] and ran == []
 
 
-def test_async_branches_are_gathered() -> None:
-    import asyncio
-
+def test_async_branches_are_planned_and_a_branch_job_awaits_its_step() -> None:
     started: list[str] = []
 
     async def handler(ctx: Any, step: Any) -> Any:
-        both = asyncio.Event()
-
         async def work(name: str) -> str:
             started.append(name)
-            if len(started) == 2:
-                both.set()
-            await asyncio.wait_for(both.wait(), 5)  # only returns if both run at the same time
             return name
 
         a, b = await step.parallel([lambda: step.run("a", work, "a"), lambda: step.run("b", work, "b")])
         return a + b
 
     fn = make(handler)
-    out = testing.call(fn, EVENT)
-    assert out == {"op": "steps", "results": [branch_result("a", "a"), branch_result("b", "b")]}
+    assert testing.call(fn, EVENT) == {"op": "plan", "planned": [
+        {"step_hash": step_hash("a"), "step_id": "a"}, {"step_hash": step_hash("b"), "step_id": "b"}]}
+    assert testing.call(fn, EVENT, target=step_hash("b")) == branch_result("b", "b") and started == ["b"]
     assert testing.call(fn, EVENT, {step_hash("a"): ok("a"), step_hash("b"): ok("b")}) == {
         "op": "run_ok", "data": "ab"}
+
+
+def test_the_test_kit_runs_a_parallel_group_to_the_end() -> None:
+    ran: list[str] = []
+    result = testing.run(make(three_branches(ran)), EVENT)
+    assert (result.status, result.output, sorted(ran)) == ("completed", "ABC", ["a", "b", "c"])
+    assert result.step_ids == ["a", "b", "c", "join"]
 
 
 # -- the run decision for a ``steps`` outcome ------------------------------------------------
