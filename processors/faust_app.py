@@ -31,8 +31,13 @@ import json
 import logging
 import os
 import time
+import weakref
+from typing import Any, Awaitable, Callable
 
 import faust
+import faust.streams as faust_streams
+from faust.transport.consumer import ensure_TP
+from faust.types import EventT
 from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
@@ -50,6 +55,7 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
+from .fair_intake import FairIntake
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -173,23 +179,66 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
-    async def _route(self, stream: faust.StreamT) -> None:
-        async for record in stream.events():
-            value, partition, offset = record.value, record.message.partition, record.message.offset
+    async def _in_turns(self, stream: faust.StreamT, name: str,
+                        handle: Callable[[EventT], Awaitable[None]]) -> None:
+        """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
+        into its partition's queue as soon as faust delivers it; a task handles one record of
+        each partition in turn and acks it once handled (so a commit never passes a record
+        whose outputs are not in the producer yet)."""
+        intake: FairIntake[Any, EventT] = FairIntake()
+        ready = asyncio.Event()
+        consumer = self.app.consumer
+        stream.enable_acks = False
+
+        async def serve() -> None:
             try:
-                if value.startswith(CONTROL_PREFIX):
-                    await self._on_wait_control(value, partition, offset)
-                    continue
-                try:
-                    event = EventRecord.model_validate_json(value)
-                except ValueError:
-                    log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
-                    continue
-                await self._match_waits(event, partition, offset)
-                await self._route_event(event)
+                while True:
+                    got = intake.take()
+                    if got is None:
+                        ready.clear()
+                        await ready.wait()
+                        continue
+                    event, resume = got
+                    if resume is not None:
+                        consumer.on_buffer_drop(resume)
+                    # table writes go to the changelog partition of the record they follow from
+                    faust_streams._current_event.set(weakref.ref(event))
+                    await handle(event)
+                    await stream.ack(event)
+                    await asyncio.sleep(0)  # let the reader queue what faust fetched meanwhile
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.critical("router: failed on a record; stopping the processor", exc_info=True)
+                log.critical("%s: failed on a record; stopping the processor", name, exc_info=True)
                 os._exit(70)
+
+        server = asyncio.ensure_future(serve())
+        try:
+            async for event in stream.events():
+                # faust's own per-partition flow control pauses and resumes fetching (its
+                # pause_/resume_partitions left a partition unfetched for good here)
+                pause = intake.put(ensure_TP(event.message.tp), event)
+                if pause is not None:
+                    consumer.on_buffer_full(pause)
+                ready.set()
+        finally:
+            server.cancel()
+
+    async def _route(self, stream: faust.StreamT) -> None:
+        await self._in_turns(stream, "router", self._route_record)
+
+    async def _route_record(self, record: EventT) -> None:
+        value, partition, offset = record.value, record.message.partition, record.message.offset
+        if value.startswith(CONTROL_PREFIX):
+            await self._on_wait_control(value, partition, offset)
+            return
+        try:
+            event = EventRecord.model_validate_json(value)
+        except ValueError:
+            log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
+            return
+        await self._match_waits(event, partition, offset)
+        await self._route_event(event)
 
     async def _route_event(self, event: EventRecord) -> None:
         assert self.registry is not None, "start_registry() first"
@@ -246,19 +295,17 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
     # -- function processor: sg.commands -> state, sg.work.<app>, sg.runs ------------------
 
     async def _functions(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                cmd = command_adapter.validate_json(event.value)
-            except ValueError:
-                log.warning("functions: dropped an undecodable command")
-                continue
-            try:
-                await self._handle(cmd, event.message.partition)
-            except Exception:
-                # faust would mark the record processed and move on: that loses it. Stop
-                # instead; a restart re-reads it from the last commit (invariant 1).
-                log.critical("functions: failed on a %s command; stopping the processor", cmd.kind, exc_info=True)
-                os._exit(70)
+        # a record that fails stops the processor (_in_turns): faust would mark it processed
+        # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
+        await self._in_turns(stream, "functions", self._function_record)
+
+    async def _function_record(self, event: EventT) -> None:
+        try:
+            cmd = command_adapter.validate_json(event.value)
+        except ValueError:
+            log.warning("functions: dropped an undecodable command")
+            return
+        await self._handle(cmd, event.message.partition)
 
     async def _handle(self, cmd: AnyCommand, partition: int) -> None:
         now = now_ms()

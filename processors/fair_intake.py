@@ -1,0 +1,82 @@
+"""Per-partition intake queues served in turn, so one partition's flood cannot hold back another's records. Pure.
+
+faust hands an agent one FIFO of the records of every partition it reads: a quiet tenant's
+record fetched behind a few hundred records of a flooded partition waits for all of them
+(B4: seconds). The processor's agents instead move each record at once into its partition's
+queue here, and handle one record of each partition with records queued in turn (round
+robin). A quiet partition's record then waits for at most one record of each busy
+partition. Order within a partition is kept: records of one partition are handled, and
+acked, in offset order.
+
+Memory is bounded by pausing: when a partition holds ``cap`` records, :meth:`put` asks the
+caller to pause fetching it; when it is down to ``cap // 2``, :meth:`take` asks to resume it.
+No I/O here: the caller pauses and resumes the consumer, and acks a record once handled.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Generic, Hashable, TypeVar
+
+P = TypeVar("P", bound=Hashable)
+R = TypeVar("R")
+
+DEFAULT_CAP = 256  # records queued per partition before its fetching pauses
+
+
+@dataclass
+class FairIntake(Generic[P, R]):
+    cap: int = DEFAULT_CAP
+    queues: dict[P, deque[R]] = field(default_factory=dict)
+    turns: deque[P] = field(default_factory=deque)  # partitions with queued records, next first
+    paused: set[P] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        if self.cap < 2:
+            raise ValueError(f"cap must be at least 2, got {self.cap}")
+
+    def __len__(self) -> int:
+        return sum(len(q) for q in self.queues.values())
+
+    def put(self, partition: P, record: R) -> P | None:
+        """Queue a record; returns the partition when its fetching should pause now."""
+        q = self.queues.get(partition)
+        if q is None:
+            q = self.queues[partition] = deque()
+        if not q:
+            self.turns.append(partition)
+        q.append(record)
+        if len(q) >= self.cap and partition not in self.paused:
+            self.paused.add(partition)
+            return partition
+        return None
+
+    def take(self) -> tuple[R, P | None] | None:
+        """The next record in turn (None when nothing is queued), and the partition to resume
+        fetching, if taking it brought a paused partition down to half the cap."""
+        if not self.turns:
+            return None
+        partition = self.turns.popleft()
+        q = self.queues[partition]
+        record = q.popleft()
+        if q:
+            self.turns.append(partition)
+        else:
+            del self.queues[partition]
+        if partition in self.paused and len(q) <= self.cap // 2:
+            self.paused.discard(partition)
+            return record, partition
+        return record, None
+
+    def drop(self, partitions: set[P]) -> int:
+        """Forget the records of partitions this process no longer owns (not acked: their new
+        owner reads them again); returns how many were dropped."""
+        n = 0
+        for p in partitions:
+            q = self.queues.pop(p, None)
+            n += len(q) if q else 0
+            self.paused.discard(p)
+        if n or partitions:
+            self.turns = deque(p for p in self.turns if p not in partitions)
+        return n

@@ -1,0 +1,83 @@
+"""The per-partition intake of the processor's agents (processors/fair_intake.py): turns,
+order within a partition, pause and resume, and dropping revoked partitions."""
+
+from __future__ import annotations
+
+import pytest
+
+from sluicegate.processors.fair_intake import FairIntake
+
+
+def drain(intake: FairIntake) -> list[str]:
+    out = []
+    while (got := intake.take()) is not None:
+        out.append(got[0])
+    return out
+
+
+@pytest.mark.parametrize(("puts", "order"), [
+    pytest.param([], [], id="empty"),
+    pytest.param([("a", "a1"), ("a", "a2"), ("a", "a3")], ["a1", "a2", "a3"], id="one-partition-in-order"),
+    pytest.param([("m", "m1"), ("m", "m2"), ("m", "m3"), ("q", "q1")], ["m1", "q1", "m2", "m3"],
+                 id="quiet-record-waits-for-one-flood-record"),
+    pytest.param([("m", "m1"), ("m", "m2"), ("q", "q1"), ("r", "r1"), ("q", "q2")],
+                 ["m1", "q1", "r1", "m2", "q2"], id="three-partitions-take-turns"),
+    pytest.param([("q", "q1"), ("m", "m1"), ("m", "m2")], ["q1", "m1", "m2"], id="first-come-first-turn"),
+])
+def test_partitions_take_turns_and_keep_their_order(puts: list[tuple[str, str]], order: list[str]) -> None:
+    intake: FairIntake[str, str] = FairIntake(cap=100)
+    for p, r in puts:
+        intake.put(p, r)
+    assert len(intake) == len(puts)
+    assert drain(intake) == order
+    assert len(intake) == 0 and intake.take() is None
+
+
+def test_a_record_put_while_others_are_taken_joins_the_turns_at_the_end() -> None:
+    intake: FairIntake[str, str] = FairIntake(cap=100)
+    for r in ("m1", "m2", "m3"):
+        intake.put("m", r)
+    assert intake.take() == ("m1", None)
+    intake.put("q", "q1")
+    assert drain(intake) == ["m2", "q1", "m3"]
+
+
+@pytest.mark.parametrize(("cap", "puts_before_pause"), [
+    pytest.param(2, 2, id="cap-2"),
+    pytest.param(4, 4, id="cap-4"),
+    pytest.param(256, 256, id="default-size"),
+])
+def test_a_partition_pauses_at_the_cap_and_resumes_at_half(cap: int, puts_before_pause: int) -> None:
+    intake: FairIntake[str, int] = FairIntake(cap=cap)
+    asked = [intake.put("m", i) for i in range(puts_before_pause)]
+    assert asked == [None] * (puts_before_pause - 1) + ["m"]
+    assert intake.put("m", -1) is None  # asked once, not again while paused
+    resumes = []
+    while (got := intake.take()) is not None:
+        resumes.append(got[1])
+    # resumed exactly once, by the take that left cap // 2 records queued
+    assert resumes.count("m") == 1
+    assert resumes.index("m") == (puts_before_pause + 1) - cap // 2 - 1
+
+
+def test_other_partitions_are_not_paused_by_a_flood() -> None:
+    intake: FairIntake[str, int] = FairIntake(cap=3)
+    assert [intake.put("m", i) for i in range(3)] == [None, None, "m"]
+    assert intake.put("q", 0) is None and intake.paused == {"m"}
+
+
+def test_dropping_revoked_partitions_forgets_their_records_and_pauses() -> None:
+    intake: FairIntake[str, str] = FairIntake(cap=2)
+    intake.put("m", "m1")
+    intake.put("m", "m2")  # paused
+    intake.put("q", "q1")
+    intake.put("r", "r1")
+    assert intake.drop({"m", "r"}) == 3
+    assert intake.paused == set() and drain(intake) == ["q1"]
+    assert intake.drop({"x"}) == 0
+
+
+@pytest.mark.parametrize("cap", [0, 1, -5])
+def test_a_cap_below_2_is_refused(cap: int) -> None:
+    with pytest.raises(ValueError, match="cap must be at least 2"):
+        FairIntake(cap=cap)
