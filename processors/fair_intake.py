@@ -22,7 +22,7 @@ from typing import Generic, Hashable, TypeVar
 P = TypeVar("P", bound=Hashable)
 R = TypeVar("R")
 
-DEFAULT_CAP = 256  # records queued per partition before its fetching pauses
+DEFAULT_CAP = 64  # records queued per partition before its fetching pauses (and the most one poll hands over)
 
 
 @dataclass

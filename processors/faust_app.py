@@ -55,7 +55,7 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
-from .fair_intake import FairIntake
+from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -108,6 +108,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             # flooded partition go ahead of a quiet one (B4). A record larger than this still
             # comes whole: the broker always returns a partition's first batch.
             consumer_max_fetch_size=s.processor_fetch_bytes,
+            # records one poll hands over: a poll parses only these (in faust's consumer
+            # thread, under the GIL), so a quiet partition's record waits for at most this
+            # many of a flooded one; a flooded partition is paused at FairIntake's cap
+            broker_max_poll_records=INTAKE_CAP,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
         self.commands_topic = self.app.topic(s.commands_topic, key_serializer="raw", value_serializer="raw")
