@@ -98,7 +98,8 @@ def main(quick: bool = False, rates: list[float] | None = None, partitions: int 
         if not ok:
             raise RuntimeError(f"only {marks.count('wait_op') - 1:,} of {w:,} runs reached their wait")
         t0 = time.monotonic()
-        if not processor_caught_up(settings, [settings.commands_topic, settings.events_topic], 300.0, ds.alive):
+        if not processor_caught_up(settings, [settings.commands_topic, settings.results_topic, settings.events_topic],
+                                   300.0, ds.alive):
             raise RuntimeError("the processor did not catch up with sg.commands / sg.events within 300 s")
         t_idle = time.monotonic() - t0
         setup_s = time.time() - t_send0
@@ -159,7 +160,7 @@ def _breakdown(ds: DurableStack, marks: Marks, keys: list[int]) -> dict[str, dic
         s = ds.settings
         evs = first_ts(read_app_records(s, s.events_topic, ds.app_id, lambda r: r.get("name") == MATCH),
                        lambda r: r["data"]["id"])
-        res = first_ts(read_app_records(s, s.commands_topic, ds.app_id, lambda r: r.get("kind") == "wait_resolved"),
+        res = first_ts(read_app_records(s, s.results_topic, ds.app_id, lambda r: r.get("kind") == "wait_resolved"),
                        lambda r: r["run_id"])
         jobs = first_ts(read_app_records(s, s.work_topic(ds.app_id), ds.app_id,
                                          lambda r: len(r.get("memos") or {}) == 2), lambda r: r["run_id"])

@@ -132,7 +132,7 @@ def _breakdown(ds: DurableStack, marks: Marks, seqs: list[int]) -> dict[str, dic
     """worker out / processor / worker in per gap, from the outcome and job CreateTimes."""
     try:
         s = ds.settings
-        outs = first_ts(read_app_records(s, s.commands_topic, ds.app_id,
+        outs = first_ts(read_app_records(s, s.results_topic, ds.app_id,
                                          lambda r: r.get("kind") == "outcome" and r.get("op") == "step_ok"),
                         lambda r: (r["run_id"], r["step_id"]))
         jobs = first_ts(read_app_records(s, s.work_topic(ds.app_id), ds.app_id),

@@ -176,7 +176,7 @@ def _watch_ingest(fs: Any, burst: threading.Thread, stop: threading.Event, info:
     try:
         burst.join()
         s = fs.settings
-        if processor_caught_up(s, [s.events_topic, s.commands_topic], 1e9, stop=stop):
+        if processor_caught_up(s, [s.events_topic, s.commands_topic, s.results_topic], 1e9, stop=stop):
             info["ingested_at"] = time.time()
     except Exception as exc:  # the figures stand without it
         print(f"    (ingest watch failed: {exc!r})", flush=True)

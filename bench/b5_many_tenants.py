@@ -84,7 +84,7 @@ def main(quick: bool = False, duration: float | None = None, partitions: int | N
         t_send = time.time()
         send_in_lists(fs.sg, events, stamp=False)
         send_s = time.time() - t_send
-        caught = processor_caught_up(s, [s.events_topic, s.commands_topic], 120.0, fs.alive)
+        caught = processor_caught_up(s, [s.events_topic, s.commands_topic, s.results_topic], 120.0, fs.alive)
         queued_s = time.time() - t_send
         print(f"  sent {total:,} events in {send_s:.1f} s; processor {'caught up' if caught else 'NOT caught up'} "
               f"after {queued_s:.1f} s (all runs in their backlogs, window full of blockers)", flush=True)

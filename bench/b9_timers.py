@@ -149,7 +149,7 @@ def _breakdown(ds: DurableStack, marks: Marks, seqs: list[int]) -> dict[str, dic
     woke job produced; worker = that job → woke step start."""
     try:
         s = ds.settings
-        fired_recs = read_app_records(s, s.commands_topic, ds.app_id, lambda r: r.get("kind") == "timer")
+        fired_recs = read_app_records(s, s.results_topic, ds.app_id, lambda r: r.get("kind") == "timer")
         jobs = first_ts(read_app_records(s, s.work_topic(ds.app_id), ds.app_id,
                                          lambda r: len(r.get("memos") or {}) == 2), lambda r: r["run_id"])
     except Exception as exc:  # the figures above stand without it

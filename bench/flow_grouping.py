@@ -105,7 +105,7 @@ class GroupLag:
         self.consumer = Consumer({"bootstrap.servers": settings.bootstrap_servers,
                                   "group.id": "sg-bench-flow-watermarks-unused", "enable.auto.commit": False,
                                   "log_level": 3})
-        self.topics = [settings.events_topic, settings.commands_topic]
+        self.topics = [settings.events_topic, settings.commands_topic, settings.results_topic]
         md = self.consumer.list_topics(timeout=10)
         self.parts = {t: sorted(md.topics[t].partitions) for t in self.topics}
 
@@ -221,6 +221,7 @@ class Readback:
         try:
             _scan(settings, settings.events_topic, self._event)
             _scan(settings, settings.commands_topic, self._command)
+            _scan(settings, settings.results_topic, self._command)  # step outcomes, run timers
             _scan(settings, f"{settings.processor_id}-flow-changelog", self._flow)
         except Exception as exc:  # the live figures stand without it
             print(f"  (read-back unavailable: {exc!r})", file=sys.stderr)

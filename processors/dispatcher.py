@@ -441,7 +441,7 @@ class DispatchStage:
             wake = dp.wake_at()
             if wake is not None and wake <= now and not dp.tick_sent:
                 dp.tick_sent = True
-                await self._send(self.settings.commands_topic, f"tick/{partition}",
+                await self._send(self.settings.results_topic, f"tick/{partition}",
                                  DispatchTick(at_ms=now).dumps(), partition)
 
     def dispatch_stats(self) -> list[dict[str, Any]]:

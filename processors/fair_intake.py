@@ -5,8 +5,14 @@ record fetched behind a few hundred records of a flooded partition waits for all
 (B4: seconds). The processor's agents instead move each record at once into its partition's
 queue here, and handle one record of each partition with records queued in turn (round
 robin). A quiet partition's record then waits for at most one record of each busy
-partition. Order within a partition is kept: records of one partition are handled, and
-acked, in offset order.
+partition.
+
+Within a partition, records put with ``first=True`` (the function processor: results of
+runs that have started — step outcomes, run timers, heartbeats, resolved waits, cancels)
+go ahead of the others (new work: triggers and what must stay in order with them), so a
+burst of triggers does not hold back the results that free the window ("finish what you
+started"). Each lane keeps offset order; faust commits only up to the first offset not yet
+acked, so acking out of offset order never commits past an unhandled record.
 
 Memory is bounded by pausing: when a partition holds ``cap`` records, :meth:`put` asks the
 caller to pause fetching it; when it is down to ``cap // 2``, :meth:`take` asks to resume it.
@@ -25,10 +31,21 @@ R = TypeVar("R")
 DEFAULT_CAP = 64  # records queued per partition before its fetching pauses (and the most one poll hands over)
 
 
+class _Lanes(Generic[R]):
+    __slots__ = ("first", "rest")
+
+    def __init__(self) -> None:
+        self.first: deque[R] = deque()
+        self.rest: deque[R] = deque()
+
+    def __len__(self) -> int:
+        return len(self.first) + len(self.rest)
+
+
 @dataclass
 class FairIntake(Generic[P, R]):
     cap: int = DEFAULT_CAP
-    queues: dict[P, deque[R]] = field(default_factory=dict)
+    queues: dict[P, _Lanes[R]] = field(default_factory=dict)
     turns: deque[P] = field(default_factory=deque)  # partitions with queued records, next first
     paused: set[P] = field(default_factory=set)
 
@@ -39,14 +56,15 @@ class FairIntake(Generic[P, R]):
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def put(self, partition: P, record: R) -> P | None:
-        """Queue a record; returns the partition when its fetching should pause now."""
+    def put(self, partition: P, record: R, first: bool = False) -> P | None:
+        """Queue a record (``first``: ahead of the partition's other records); returns the
+        partition when its fetching should pause now."""
         q = self.queues.get(partition)
         if q is None:
-            q = self.queues[partition] = deque()
+            q = self.queues[partition] = _Lanes()
         if not q:
             self.turns.append(partition)
-        q.append(record)
+        (q.first if first else q.rest).append(record)
         if len(q) >= self.cap and partition not in self.paused:
             self.paused.add(partition)
             return partition
@@ -59,7 +77,7 @@ class FairIntake(Generic[P, R]):
             return None
         partition = self.turns.popleft()
         q = self.queues[partition]
-        record = q.popleft()
+        record = q.first.popleft() if q.first else q.rest.popleft()
         if q:
             self.turns.append(partition)
         else:

@@ -36,8 +36,7 @@ from typing import Any, Awaitable, Callable
 
 import faust
 import faust.streams as faust_streams
-from faust.transport.consumer import ensure_TP
-from faust.types import EventT
+from faust.types import TP, EventT
 from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
@@ -73,6 +72,24 @@ LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the regist
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+# Commands about runs that have started: in a partition's intake they go ahead of new work
+# (triggers, and what must stay in order with them: flow and cron timers, replay marks, bulk
+# cancellations, reruns), so a burst of triggers does not hold back the results that free
+# the window. A timer with a ``flow_key`` (debounce, batch, cron) stays in order.
+RESULT_KINDS = frozenset({"outcome", "heartbeat", "dispatch_tick", "wait_resolved", "cancel"})
+
+
+def classify_command(event: EventT, results_topic: str = "") -> tuple[AnyCommand | None, bool]:
+    """The command, and whether it goes ahead of its partition's new work: everything read
+    from ``sg.results``, and result kinds sent to ``sg.commands`` (by an older worker)."""
+    first = bool(results_topic) and event.message.topic == results_topic
+    try:
+        cmd = command_adapter.validate_json(event.value)
+    except ValueError:
+        return None, first
+    return cmd, first or cmd.kind in RESULT_KINDS or (isinstance(cmd, TimerFired) and not cmd.flow_key)
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -114,7 +131,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             broker_max_poll_records=INTAKE_CAP,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
-        self.commands_topic = self.app.topic(s.commands_topic, key_serializer="raw", value_serializer="raw")
+        # the function processor reads both, partition p of each together (co-partitioned)
+        self.function_topics = self.app.topic(s.commands_topic, s.results_topic, key_serializer="raw",
+                                              value_serializer="raw")
         self.runs = self.app.Table("runs", key_type=bytes, value_type=bytes, partitions=s.partitions)
         self.timers = self.app.Table("timers", key_type=bytes, value_type=bytes, partitions=s.partitions)
         # schedule-time flow-control state per (function, key): processors/flow key layouts
@@ -168,7 +187,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             log.info("processor: rebalance complete, active partitions recovered")
 
         app.agent(self.events_topic, name="sluicegate.router")(self._route)
-        app.agent(self.commands_topic, name="sluicegate.functions")(self._functions)
+        app.agent(self.function_topics, name="sluicegate.functions")(self._functions)
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
         app.timer(1.0, name="sluicegate.cron_sync")(self._cron_sync)
 
@@ -183,13 +202,16 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
-    async def _in_turns(self, stream: faust.StreamT, name: str,
-                        handle: Callable[[EventT], Awaitable[None]]) -> None:
+    async def _in_turns(self, stream: faust.StreamT, name: str, handle: Callable[[EventT, Any], Awaitable[None]],
+                        paused_topic: str,
+                        classify: Callable[[EventT], tuple[Any, bool]] = lambda _e: (None, False)) -> None:
         """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
-        into its partition's queue as soon as faust delivers it; a task handles one record of
+        into its partition's queue as soon as faust delivers it (``classify`` decodes it and
+        says whether it goes ahead of the partition's new work); a task handles one record of
         each partition in turn and acks it once handled (so a commit never passes a record
-        whose outputs are not in the producer yet)."""
-        intake: FairIntake[Any, EventT] = FairIntake()
+        whose outputs are not in the producer yet). A partition with too much queued stops
+        being fetched from ``paused_topic`` (its new work; results are bounded by the window)."""
+        intake: FairIntake[int, tuple[EventT, Any]] = FairIntake()
         ready = asyncio.Event()
         consumer = self.app.consumer
         stream.enable_acks = False
@@ -202,12 +224,12 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                         ready.clear()
                         await ready.wait()
                         continue
-                    event, resume = got
+                    (event, payload), resume = got
                     if resume is not None:
-                        consumer.on_buffer_drop(resume)
+                        consumer.on_buffer_drop(TP(paused_topic, resume))
                     # table writes go to the changelog partition of the record they follow from
                     faust_streams._current_event.set(weakref.ref(event))
-                    await handle(event)
+                    await handle(event, payload)
                     await stream.ack(event)
                     await asyncio.sleep(0)  # let the reader queue what faust fetched meanwhile
             except asyncio.CancelledError:
@@ -221,17 +243,18 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             async for event in stream.events():
                 # faust's own per-partition flow control pauses and resumes fetching (its
                 # pause_/resume_partitions left a partition unfetched for good here)
-                pause = intake.put(ensure_TP(event.message.tp), event)
+                payload, first = classify(event)
+                pause = intake.put(event.message.partition, (event, payload), first)
                 if pause is not None:
-                    consumer.on_buffer_full(pause)
+                    consumer.on_buffer_full(TP(paused_topic, pause))
                 ready.set()
         finally:
             server.cancel()
 
     async def _route(self, stream: faust.StreamT) -> None:
-        await self._in_turns(stream, "router", self._route_record)
+        await self._in_turns(stream, "router", self._route_record, self.settings.events_topic)
 
-    async def _route_record(self, record: EventT) -> None:
+    async def _route_record(self, record: EventT, _payload: None) -> None:
         value, partition, offset = record.value, record.message.partition, record.message.offset
         if value.startswith(CONTROL_PREFIX):
             await self._on_wait_control(value, partition, offset)
@@ -301,12 +324,12 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
     async def _functions(self, stream: faust.StreamT) -> None:
         # a record that fails stops the processor (_in_turns): faust would mark it processed
         # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
-        await self._in_turns(stream, "functions", self._function_record)
+        results = self.settings.results_topic
+        await self._in_turns(stream, "functions", self._function_record, self.settings.commands_topic,
+                             lambda event: classify_command(event, results))
 
-    async def _function_record(self, event: EventT) -> None:
-        try:
-            cmd = command_adapter.validate_json(event.value)
-        except ValueError:
+    async def _function_record(self, event: EventT, cmd: AnyCommand | None) -> None:
+        if cmd is None:
             log.warning("functions: dropped an undecodable command")
             return
         await self._handle(cmd, event.message.partition)
@@ -539,7 +562,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             self._rebalance_ticks_due = False
             for tp in self.app.assignor.assigned_actives():
                 if tp.topic == self.settings.commands_topic:
-                    await self._send(self.settings.commands_topic, f"tick/{tp.partition}",
+                    await self._send(self.settings.results_topic, f"tick/{tp.partition}",
                                      DispatchTick(at_ms=now).dumps(), tp.partition)
         else:
             await self._dispatch_due(now)
@@ -555,8 +578,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 continue
             cmd = TimerFired(timer_id=timer_id, **target)
             key = function_key(cmd.app_id, cmd.function_id)
-            await self._send(self.settings.commands_topic, key, cmd.dumps(),
-                             partition_for(key, self.settings.partitions))
+            # a run's timer moves a started run (results); a flow or cron timer stays in order
+            # with the triggers it groups (commands)
+            topic = self.settings.commands_topic if cmd.flow_key else self.settings.results_topic
+            await self._send(topic, key, cmd.dumps(), partition_for(key, self.settings.partitions))
 
 
     async def _publish_stats(self) -> None:

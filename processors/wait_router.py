@@ -191,4 +191,4 @@ class WaitRouter:
         cmd = WaitResolved(app_id=waiter.app_id, function_id=waiter.function_id, run_id=waiter.run_id,
                            wait_id=waiter.wait_id, event=event)
         key = function_key(waiter.app_id, waiter.function_id)
-        await self._send(self.settings.commands_topic, key, cmd.dumps(), partition_for(key, self.settings.partitions))
+        await self._send(self.settings.results_topic, key, cmd.dumps(), partition_for(key, self.settings.partitions))

@@ -247,7 +247,7 @@ class Worker:
             acks.put((partition, offset, err))  # runs in whichever thread polls the producer
 
         key = function_key(job.app_id, job.function_id)
-        self._producer.produce(self.settings.commands_topic, key, outcome.dumps(),
+        self._producer.produce(self.settings.results_topic, key, outcome.dumps(),
                                self.settings.partitions, on_delivery=report)
         with self._count_lock:
             self.jobs_done += 1
@@ -294,7 +294,7 @@ class Worker:
             job = entry.job
             beat = Heartbeat(app_id=job.app_id, function_id=job.function_id, run_id=job.run_id,
                              lease_id=job.lease_id, worker_id=self.worker_id)
-            self._producer.produce(self.settings.commands_topic, function_key(job.app_id, job.function_id),
+            self._producer.produce(self.settings.results_topic, function_key(job.app_id, job.function_id),
                                    beat.dumps(), self.settings.partitions, on_delivery=_heartbeat_report(job))
             entry.last_beat_ms = now_ms
 

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
         return self.topic("commands")
 
     @property
+    def results_topic(self) -> str:
+        """Step outcomes, heartbeats, resolved waits, run timers and dispatcher ticks: what
+        moves runs that have started. Partitioned like ``sg.commands`` and read by the same
+        agent, but never queued behind a burst of new triggers."""
+        return self.topic("results")
+
+    @property
     def runs_topic(self) -> str:
         return self.topic("runs")
 

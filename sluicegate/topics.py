@@ -16,6 +16,7 @@ def core_topics(s: Settings) -> list[NewTopic]:
         NewTopic(s.events_topic, s.partitions, rf, config={
             "retention.ms": str(s.events_retention_ms), "max.message.bytes": MAX_MESSAGE_BYTES}),
         NewTopic(s.commands_topic, s.partitions, rf, config={"max.message.bytes": MAX_MESSAGE_BYTES}),
+        NewTopic(s.results_topic, s.partitions, rf, config={"max.message.bytes": MAX_MESSAGE_BYTES}),
         NewTopic(s.runs_topic, s.partitions, rf, config={
             "cleanup.policy": "compact", "max.message.bytes": MAX_MESSAGE_BYTES}),
         NewTopic(s.registry_topic, 1, rf, config={"cleanup.policy": "compact"}),

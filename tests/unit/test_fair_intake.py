@@ -1,4 +1,4 @@
-"""The per-partition intake of the processor's agents (processors/fair_intake.py): turns,
+"""The per-partition intake of the processor's agents (processors/fair_intake.py): turns, lanes,
 order within a partition, pause and resume, and dropping revoked partitions."""
 
 from __future__ import annotations
@@ -81,3 +81,81 @@ def test_dropping_revoked_partitions_forgets_their_records_and_pauses() -> None:
 def test_a_cap_below_2_is_refused(cap: int) -> None:
     with pytest.raises(ValueError, match="cap must be at least 2"):
         FairIntake(cap=cap)
+
+
+# -- lanes: results of started runs go ahead of new work within a partition -------------------
+
+@pytest.mark.parametrize(("puts", "order"), [
+    pytest.param([("m", "t1", False), ("m", "t2", False), ("m", "o1", True)], ["o1", "t1", "t2"],
+                 id="an-outcome-passes-queued-triggers"),
+    pytest.param([("m", "o1", True), ("m", "t1", False), ("m", "o2", True)], ["o1", "o2", "t1"],
+                 id="outcomes-keep-their-order"),
+    pytest.param([("m", "t1", False), ("q", "t9", False), ("m", "o1", True)], ["o1", "t9", "t1"],
+                 id="lanes-do-not-change-the-turns-of-partitions"),
+    pytest.param([("m", "t1", False), ("m", "t2", False)], ["t1", "t2"], id="new-work-alone-in-order"),
+])
+def test_first_records_go_ahead_within_their_partition(puts: list[tuple[str, str, bool]], order: list[str]) -> None:
+    intake: FairIntake[str, str] = FairIntake(cap=100)
+    for p, r, first in puts:
+        intake.put(p, r, first)
+    assert drain(intake) == order
+
+
+def test_the_cap_counts_both_lanes() -> None:
+    intake: FairIntake[str, str] = FairIntake(cap=3)
+    assert intake.put("m", "t1") is None and intake.put("m", "o1", first=True) is None
+    assert intake.put("m", "t2") == "m"
+    assert [intake.take() for _ in range(3)] == [("o1", None), ("t1", "m"), ("t2", None)]
+
+
+def _record(value: bytes) -> object:
+    class _Event:  # what classify_command reads of a faust event
+        pass
+    ev = _Event()
+    ev.value = value  # type: ignore[attr-defined]
+    return ev
+
+
+@pytest.mark.parametrize(("command", "first"), [
+    pytest.param({"kind": "outcome", "app_id": "a", "function_id": "f", "run_id": "r", "job_id": "r.0", "attempt": 0,
+                  "op": "run_ok", "started_at": 1, "ended_at": 2}, True, id="outcome"),
+    pytest.param({"kind": "heartbeat", "app_id": "a", "function_id": "f", "run_id": "r", "lease_id": "l"}, True,
+                 id="heartbeat"),
+    pytest.param({"kind": "dispatch_tick", "at_ms": 1}, True, id="dispatch-tick"),
+    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "r", "timer_id": "r.0:1"}, True,
+                 id="run-timer"),
+    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "", "timer_id": "deb",
+                  "flow_key": "deb/a/f/k"}, False, id="debounce-timer-stays-in-order"),
+    pytest.param({"kind": "cancel", "app_id": "a", "function_id": "f", "run_id": "r", "reason": "x"}, True,
+                 id="cancel"),
+    pytest.param({"kind": "replay_mark", "replay_id": "x", "seq": 1}, False, id="replay-mark-after-its-triggers"),
+    pytest.param({"kind": "cron_sync", "app_id": "a", "function_id": "f", "cron": "* * * * *"}, False, id="cron-sync"),
+])
+def test_commands_about_started_runs_go_first(command: dict, first: bool) -> None:
+    import json
+
+    from sluicegate.processors.faust_app import classify_command
+
+    cmd, got = classify_command(_record(json.dumps(command).encode()))  # type: ignore[arg-type]
+    assert cmd is not None and cmd.kind == command["kind"] and got is first
+
+
+def test_everything_read_from_the_results_topic_goes_first() -> None:
+    import json
+    from types import SimpleNamespace
+
+    from sluicegate.processors.faust_app import classify_command
+
+    trig = json.dumps({"kind": "cron_sync", "app_id": "a", "function_id": "f", "cron": "* * * * *"}).encode()
+    for topic, first in (("sg.results", True), ("sg.commands", False)):
+        event = SimpleNamespace(value=trig, message=SimpleNamespace(topic=topic))
+        cmd, got = classify_command(event, "sg.results")  # type: ignore[arg-type]
+        assert cmd is not None and got is first
+    bad = SimpleNamespace(value=b"{", message=SimpleNamespace(topic="sg.results"))
+    assert classify_command(bad, "sg.results") == (None, True)  # type: ignore[arg-type]
+
+
+def test_an_undecodable_command_is_passed_on_as_none_in_the_new_work_lane() -> None:
+    from sluicegate.processors.faust_app import classify_command
+
+    assert classify_command(_record(b"not json")) == (None, False)  # type: ignore[arg-type]
