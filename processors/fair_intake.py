@@ -58,14 +58,15 @@ class FairIntake(Generic[P, R]):
 
     def put(self, partition: P, record: R, first: bool = False) -> P | None:
         """Queue a record (``first``: ahead of the partition's other records); returns the
-        partition when its fetching should pause now."""
+        partition while its fetching should be paused (every time it is at or over the cap:
+        something else may have resumed it, and pausing is idempotent)."""
         q = self.queues.get(partition)
         if q is None:
             q = self.queues[partition] = _Lanes()
         if not q:
             self.turns.append(partition)
         (q.first if first else q.rest).append(record)
-        if len(q) >= self.cap and partition not in self.paused:
+        if len(q) >= self.cap:
             self.paused.add(partition)
             return partition
         return None

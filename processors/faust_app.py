@@ -5,6 +5,9 @@ Commit order (why nothing accepted is lost):
 1. An agent handles one record: load state → pure decision → write the faust table
    (changelogged, RocksDB) → hand the outputs to faust's producer (acks=all), without
    waiting for each ack, so records flow at the speed of the CPU, not of round trips.
+   Records wait in a queue per partition and are handled in turns (``_in_turns``,
+   ``processors/fair_intake.py``); a record is acked only once handled, and faust commits
+   a partition only up to its first record not acked.
 2. Before faust commits a source offset it flushes its producer: every changelog record
    and every output of the records up to that offset is acknowledged first. A send that
    fails for good stops the process before anything else is committed.
@@ -14,8 +17,13 @@ Commit order (why nothing accepted is lost):
 
 Timers: deadlines live in the changelogged ``timers`` table (key: big-endian due ms ‖ id);
 each process keeps a heap of its active partitions' timers, rebuilt after each rebalance,
-and a 20 ms task sends a ``TimerFired`` command back through ``sg.commands`` (tables may
-only change inside an agent). The agent re-checks it against the run.
+and a 20 ms task sends a ``TimerFired`` command back through ``sg.results`` (a flow or cron
+timer through ``sg.commands``; tables may only change inside an agent). The agent re-checks
+it against the run.
+
+Topics of the function processor: new work (triggers and what stays in order with them)
+comes through ``sg.commands``; what moves started runs (outcomes, heartbeats, run timers,
+resolved waits, ticks) through ``sg.results``. One agent reads partition p of both.
 
 Dispatcher (``processors/dispatcher.py``): a ready job waits in its backlog in state and
 goes to ``sg.work.<app>`` partition p (p = its command's partition) only inside the app's
@@ -319,7 +327,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         await self._send(self.settings.events_topic, event.app_id, event.dumps(),
                          partition_for(event.app_id, self.settings.partitions))
 
-    # -- function processor: sg.commands -> state, sg.work.<app>, sg.runs ------------------
+    # -- function processor: sg.commands + sg.results -> state, sg.work.<app>, sg.runs ------
 
     async def _functions(self, stream: faust.StreamT) -> None:
         # a record that fails stops the processor (_in_turns): faust would mark it processed

@@ -51,7 +51,7 @@ def test_a_partition_pauses_at_the_cap_and_resumes_at_half(cap: int, puts_before
     intake: FairIntake[str, int] = FairIntake(cap=cap)
     asked = [intake.put("m", i) for i in range(puts_before_pause)]
     assert asked == [None] * (puts_before_pause - 1) + ["m"]
-    assert intake.put("m", -1) is None  # asked once, not again while paused
+    assert intake.put("m", -1) == "m"  # asked again while over the cap (faust may have resumed it)
     resumes = []
     while (got := intake.take()) is not None:
         resumes.append(got[1])
