@@ -7,12 +7,15 @@ queue here, and handle one record of each partition with records queued in turn 
 robin). A quiet partition's record then waits for at most one record of each busy
 partition.
 
-Within a partition, records put with ``first=True`` (the function processor: results of
-runs that have started — step outcomes, run timers, heartbeats, resolved waits, cancels)
-go ahead of the others (new work: triggers and what must stay in order with them), so a
-burst of triggers does not hold back the results that free the window ("finish what you
-started"). Each lane keeps offset order; faust commits only up to the first offset not yet
-acked, so acking out of offset order never commits past an unhandled record.
+Within a partition, records go into lanes. Lane ``RESULTS`` (the function processor:
+results of runs that have started — step outcomes, run timers, heartbeats, resolved waits,
+cancels) takes every other turn while there is new work, so a burst of triggers does not
+hold back the results that free the window ("finish what you started"). New work goes into
+lanes named by the caller (``processors/intake_lanes.py``: one per concurrency key of a
+function, one per replay, ...) that take turns among themselves, so one key's burst of
+triggers does not hold back another key's trigger either. Each lane keeps offset order;
+faust commits only up to the first offset not yet acked, so acking out of offset order
+never commits past an unhandled record.
 
 Memory is bounded by pausing: when a partition holds ``cap`` records, :meth:`put` asks the
 caller to pause fetching it; when it is down to ``cap // 2``, :meth:`take` asks to resume it.
@@ -31,15 +34,49 @@ R = TypeVar("R")
 DEFAULT_CAP = 64  # records queued per partition before its fetching pauses (and the most one poll hands over)
 
 
+RESULTS = None  # the lane of results of started runs; any other hashable names a lane of new work
+
+
 class _Lanes(Generic[R]):
-    __slots__ = ("first", "rest")
+    """One partition's records: the results lane, and lanes of new work taking turns."""
+
+    __slots__ = ("first", "rest", "turns", "n", "results_turn")
 
     def __init__(self) -> None:
         self.first: deque[R] = deque()
-        self.rest: deque[R] = deque()
+        self.rest: dict[Hashable, deque[R]] = {}
+        self.turns: deque[Hashable] = deque()  # lanes of new work with records, next first
+        self.n = 0
+        self.results_turn = True
 
     def __len__(self) -> int:
-        return len(self.first) + len(self.rest)
+        return self.n
+
+    def put(self, lane: Hashable, record: R) -> None:
+        self.n += 1
+        if lane is RESULTS:
+            self.first.append(record)
+            return
+        q = self.rest.get(lane)
+        if q is None:
+            q = self.rest[lane] = deque()
+            self.turns.append(lane)
+        q.append(record)
+
+    def take(self) -> R:
+        self.n -= 1
+        if self.first and (self.results_turn or not self.turns):
+            self.results_turn = False
+            return self.first.popleft()
+        self.results_turn = True
+        lane = self.turns.popleft()
+        q = self.rest[lane]
+        record = q.popleft()
+        if q:
+            self.turns.append(lane)
+        else:
+            del self.rest[lane]
+        return record
 
 
 @dataclass
@@ -56,16 +93,16 @@ class FairIntake(Generic[P, R]):
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
-    def put(self, partition: P, record: R, first: bool = False) -> P | None:
-        """Queue a record (``first``: ahead of the partition's other records); returns the
-        partition while its fetching should be paused (every time it is at or over the cap:
-        something else may have resumed it, and pausing is idempotent)."""
+    def put(self, partition: P, record: R, lane: Hashable = "") -> P | None:
+        """Queue a record in one of the partition's lanes (``RESULTS``, or a lane of new
+        work); returns the partition while its fetching should be paused (every time it is
+        at or over the cap: something else may have resumed it, and pausing is idempotent)."""
         q = self.queues.get(partition)
         if q is None:
             q = self.queues[partition] = _Lanes()
         if not q:
             self.turns.append(partition)
-        (q.first if first else q.rest).append(record)
+        q.put(lane, record)
         if len(q) >= self.cap:
             self.paused.add(partition)
             return partition
@@ -78,7 +115,7 @@ class FairIntake(Generic[P, R]):
             return None
         partition = self.turns.popleft()
         q = self.queues[partition]
-        record = q.first.popleft() if q.first else q.rest.popleft()
+        record = q.take()
         if q:
             self.turns.append(partition)
         else:

@@ -40,7 +40,7 @@ import logging
 import os
 import time
 import weakref
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Hashable
 
 import faust
 import faust.streams as faust_streams
@@ -63,6 +63,7 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
+from .intake_lanes import command_lane
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -82,22 +83,14 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# Commands about runs that have started: in a partition's intake they go ahead of new work
-# (triggers, and what must stay in order with them: flow and cron timers, replay marks, bulk
-# cancellations, reruns), so a burst of triggers does not hold back the results that free
-# the window. A timer with a ``flow_key`` (debounce, batch, cron) stays in order.
-RESULT_KINDS = frozenset({"outcome", "heartbeat", "dispatch_tick", "wait_resolved", "cancel"})
-
-
-def classify_command(event: EventT, results_topic: str = "") -> tuple[AnyCommand | None, bool]:
-    """The command, and whether it goes ahead of its partition's new work: everything read
-    from ``sg.results``, and result kinds sent to ``sg.commands`` (by an older worker)."""
-    first = bool(results_topic) and event.message.topic == results_topic
+def classify_command(event: EventT, results_topic: str = "") -> tuple[AnyCommand | None, Hashable]:
+    """The command (None: undecodable) and its intake lane (``processors/intake_lanes.py``)."""
+    from_results = bool(results_topic) and event.message.topic == results_topic
     try:
         cmd = command_adapter.validate_json(event.value)
     except ValueError:
-        return None, first
-    return cmd, first or cmd.kind in RESULT_KINDS or (isinstance(cmd, TimerFired) and not cmd.flow_key)
+        return None, command_lane(None, from_results)
+    return cmd, command_lane(cmd, from_results)
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -212,10 +205,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     async def _in_turns(self, stream: faust.StreamT, name: str, handle: Callable[[EventT, Any], Awaitable[None]],
                         paused_topic: str,
-                        classify: Callable[[EventT], tuple[Any, bool]] = lambda _e: (None, False)) -> None:
+                        classify: Callable[[EventT], tuple[Any, Hashable]] = lambda _e: (None, "")) -> None:
         """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
         into its partition's queue as soon as faust delivers it (``classify`` decodes it and
-        says whether it goes ahead of the partition's new work); a task handles one record of
+        names its lane within the partition); a task handles one record of
         each partition in turn and acks it once handled (so a commit never passes a record
         whose outputs are not in the producer yet). A partition with too much queued stops
         being fetched from ``paused_topic`` (its new work; results are bounded by the window)."""
@@ -251,8 +244,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             async for event in stream.events():
                 # faust's own per-partition flow control pauses and resumes fetching (its
                 # pause_/resume_partitions left a partition unfetched for good here)
-                payload, first = classify(event)
-                pause = intake.put(event.message.partition, (event, payload), first)
+                payload, lane = classify(event)
+                pause = intake.put(event.message.partition, (event, payload), lane)
                 if pause is not None:
                     consumer.on_buffer_full(TP(paused_topic, pause))
                 ready.set()

@@ -83,79 +83,100 @@ def test_a_cap_below_2_is_refused(cap: int) -> None:
         FairIntake(cap=cap)
 
 
-# -- lanes: results of started runs go ahead of new work within a partition -------------------
+# -- lanes within a partition: results take every other turn, lanes of new work take turns --
 
 @pytest.mark.parametrize(("puts", "order"), [
-    pytest.param([("m", "t1", False), ("m", "t2", False), ("m", "o1", True)], ["o1", "t1", "t2"],
+    pytest.param([("m", "t1", ""), ("m", "t2", ""), ("m", "o1", None)], ["o1", "t1", "t2"],
                  id="an-outcome-passes-queued-triggers"),
-    pytest.param([("m", "o1", True), ("m", "t1", False), ("m", "o2", True)], ["o1", "o2", "t1"],
-                 id="outcomes-keep-their-order"),
-    pytest.param([("m", "t1", False), ("q", "t9", False), ("m", "o1", True)], ["o1", "t9", "t1"],
+    pytest.param([("m", "o1", None), ("m", "o2", None), ("m", "o3", None), ("m", "t1", ""), ("m", "t2", "")],
+                 ["o1", "t1", "o2", "t2", "o3"], id="results-and-new-work-alternate"),
+    pytest.param([("m", "o1", None), ("m", "o2", None)], ["o1", "o2"], id="results-alone-in-order"),
+    pytest.param([("m", "t1", ""), ("q", "t9", ""), ("m", "o1", None)], ["o1", "t9", "t1"],
                  id="lanes-do-not-change-the-turns-of-partitions"),
-    pytest.param([("m", "t1", False), ("m", "t2", False)], ["t1", "t2"], id="new-work-alone-in-order"),
+    pytest.param([("m", "a1", "otto"), ("m", "a2", "otto"), ("m", "a3", "otto"), ("m", "b1", "anna")],
+                 ["a1", "b1", "a2", "a3"], id="one-keys-burst-does-not-hold-back-another-key"),
+    pytest.param([("m", "a1", "otto"), ("m", "b1", "anna"), ("m", "a2", "otto"), ("m", "b2", "anna")],
+                 ["a1", "b1", "a2", "b2"], id="each-lane-keeps-its-order"),
+    pytest.param([("m", "t1", ""), ("m", "t2", "")], ["t1", "t2"], id="one-lane-of-new-work-in-order"),
 ])
-def test_first_records_go_ahead_within_their_partition(puts: list[tuple[str, str, bool]], order: list[str]) -> None:
+def test_lanes_within_a_partition(puts: list[tuple[str, str, object]], order: list[str]) -> None:
     intake: FairIntake[str, str] = FairIntake(cap=100)
-    for p, r, first in puts:
-        intake.put(p, r, first)
+    for p, r, lane in puts:
+        intake.put(p, r, lane)
     assert drain(intake) == order
 
 
-def test_the_cap_counts_both_lanes() -> None:
+def test_the_cap_counts_every_lane() -> None:
     intake: FairIntake[str, str] = FairIntake(cap=3)
-    assert intake.put("m", "t1") is None and intake.put("m", "o1", first=True) is None
-    assert intake.put("m", "t2") == "m"
-    assert [intake.take() for _ in range(3)] == [("o1", None), ("t1", "m"), ("t2", None)]
+    assert intake.put("m", "t1") is None and intake.put("m", "o1", None) is None
+    assert intake.put("m", "b1", "other") == "m"
+    assert [intake.take() for _ in range(3)] == [("o1", None), ("t1", "m"), ("b1", None)]
+    assert len(intake) == 0
 
 
-def _record(value: bytes) -> object:
-    class _Event:  # what classify_command reads of a faust event
-        pass
-    ev = _Event()
-    ev.value = value  # type: ignore[attr-defined]
-    return ev
+# -- which lane a command goes to (processors/intake_lanes.py) -------------------------------
+
+FN = {"app_id": "a", "function_id": "f", "name": "f", "triggers": [], "retries": 0}
+EV = {"app_id": "a", "id": "e1", "name": "go", "ts": 0, "received_at": 0, "data": {"user": "otto"}}
 
 
-@pytest.mark.parametrize(("command", "first"), [
-    pytest.param({"kind": "outcome", "app_id": "a", "function_id": "f", "run_id": "r", "job_id": "r.0", "attempt": 0,
-                  "op": "run_ok", "started_at": 1, "ended_at": 2}, True, id="outcome"),
-    pytest.param({"kind": "heartbeat", "app_id": "a", "function_id": "f", "run_id": "r", "lease_id": "l"}, True,
-                 id="heartbeat"),
-    pytest.param({"kind": "dispatch_tick", "at_ms": 1}, True, id="dispatch-tick"),
-    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "r", "timer_id": "r.0:1"}, True,
-                 id="run-timer"),
-    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "", "timer_id": "deb",
-                  "flow_key": "deb/a/f/k"}, False, id="debounce-timer-stays-in-order"),
-    pytest.param({"kind": "cancel", "app_id": "a", "function_id": "f", "run_id": "r", "reason": "x"}, True,
-                 id="cancel"),
-    pytest.param({"kind": "replay_mark", "replay_id": "x", "seq": 1}, False, id="replay-mark-after-its-triggers"),
-    pytest.param({"kind": "cron_sync", "app_id": "a", "function_id": "f", "cron": "* * * * *"}, False, id="cron-sync"),
-])
-def test_commands_about_started_runs_go_first(command: dict, first: bool) -> None:
-    import json
-
-    from sluicegate.processors.faust_app import classify_command
-
-    cmd, got = classify_command(_record(json.dumps(command).encode()))  # type: ignore[arg-type]
-    assert cmd is not None and cmd.kind == command["kind"] and got is first
+def _trigger(flow: dict | None = None, **extra: object) -> dict:
+    return {"kind": "trigger", "app_id": "a", "function_id": "f", "run_id": "r",
+            "function": {**FN, "flow": flow}, "events": [EV], **extra}
 
 
-def test_everything_read_from_the_results_topic_goes_first() -> None:
-    import json
+def _record(value: bytes, topic: str = "sg.commands") -> object:
     from types import SimpleNamespace
 
+    return SimpleNamespace(value=value, message=SimpleNamespace(topic=topic))
+
+
+@pytest.mark.parametrize(("command", "lane"), [
+    pytest.param({"kind": "outcome", "app_id": "a", "function_id": "f", "run_id": "r", "job_id": "r.0", "attempt": 0,
+                  "op": "run_ok", "started_at": 1, "ended_at": 2}, None, id="outcome"),
+    pytest.param({"kind": "heartbeat", "app_id": "a", "function_id": "f", "run_id": "r", "lease_id": "l"}, None,
+                 id="heartbeat"),
+    pytest.param({"kind": "dispatch_tick", "at_ms": 1}, None, id="dispatch-tick"),
+    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "r", "timer_id": "r.0:1"}, None,
+                 id="run-timer"),
+    pytest.param({"kind": "cancel", "app_id": "a", "function_id": "f", "run_id": "r", "reason": "x"}, None,
+                 id="cancel-one-run"),
+    pytest.param(_trigger(), ("key", "a", "f", ""), id="trigger-no-flow-control"),
+    pytest.param(_trigger({"concurrency": [{"limit": 5, "key": "event.data.user"}]}), ("key", "a", "f", "otto"),
+                 id="trigger-per-concurrency-key"),
+    pytest.param(_trigger({"debounce": {"period_ms": 1000}}), ("fn", "a", "f"), id="debounced-trigger-in-order"),
+    pytest.param(_trigger({"idempotency": "event.data.user"}), ("fn", "a", "f"), id="idempotent-trigger-in-order"),
+    pytest.param(_trigger(replay_id="rp1"), ("replay", "rp1"), id="replayed-trigger"),
+    pytest.param({"kind": "replay_mark", "replay_id": "rp1", "seq": 1}, ("replay", "rp1"),
+                 id="replay-mark-after-its-triggers"),
+    pytest.param({"kind": "timer", "app_id": "a", "function_id": "f", "run_id": "", "timer_id": "deb",
+                  "flow_key": "deb/a/f/k"}, ("fn", "a", "f"), id="debounce-timer-in-order-with-triggers"),
+    pytest.param({"kind": "cron_sync", "app_id": "a", "function_id": "f", "cron": "* * * * *"}, ("fn", "a", "f"),
+                 id="cron-sync"),
+    pytest.param({"kind": "cancel_many", "app_id": "a", "function_id": "f", "cancellation_id": "c",
+                  "started_before": 5}, ("control",), id="bulk-cancellation"),
+])
+def test_each_command_goes_to_its_lane(command: dict, lane: object) -> None:
+    import json
+
     from sluicegate.processors.faust_app import classify_command
 
-    trig = json.dumps({"kind": "cron_sync", "app_id": "a", "function_id": "f", "cron": "* * * * *"}).encode()
-    for topic, first in (("sg.results", True), ("sg.commands", False)):
-        event = SimpleNamespace(value=trig, message=SimpleNamespace(topic=topic))
-        cmd, got = classify_command(event, "sg.results")  # type: ignore[arg-type]
-        assert cmd is not None and got is first
-    bad = SimpleNamespace(value=b"{", message=SimpleNamespace(topic="sg.results"))
-    assert classify_command(bad, "sg.results") == (None, True)  # type: ignore[arg-type]
+    cmd, got = classify_command(_record(json.dumps(command).encode()), "sg.results")  # type: ignore[arg-type]
+    assert cmd is not None and cmd.kind == command["kind"] and got == lane
 
 
-def test_an_undecodable_command_is_passed_on_as_none_in_the_new_work_lane() -> None:
+def test_everything_read_from_the_results_topic_is_a_result() -> None:
+    import json
+
     from sluicegate.processors.faust_app import classify_command
 
-    assert classify_command(_record(b"not json")) == (None, False)  # type: ignore[arg-type]
+    trig = json.dumps(_trigger()).encode()
+    assert classify_command(_record(trig, "sg.results"), "sg.results")[1] is None  # type: ignore[arg-type]
+    assert classify_command(_record(trig), "sg.results")[1] == ("key", "a", "f", "")  # type: ignore[arg-type]
+    assert classify_command(_record(b"{", "sg.results"), "sg.results") == (None, None)  # type: ignore[arg-type]
+
+
+def test_an_undecodable_command_is_passed_on_as_none_in_the_control_lane() -> None:
+    from sluicegate.processors.faust_app import classify_command
+
+    assert classify_command(_record(b"not json"), "sg.results") == (None, ("control",))  # type: ignore[arg-type]
