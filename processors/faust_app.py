@@ -5,9 +5,6 @@ Commit order (why nothing accepted is lost):
 1. An agent handles one record: load state → pure decision → write the faust table
    (changelogged, RocksDB) → hand the outputs to faust's producer (acks=all), without
    waiting for each ack, so records flow at the speed of the CPU, not of round trips.
-   Records wait in a queue per partition and are handled in turns (``_in_turns``,
-   ``processors/fair_intake.py``); a record is acked only once handled, and faust commits
-   a partition only up to its first record not acked.
 2. Before faust commits a source offset it flushes its producer: every changelog record
    and every output of the records up to that offset is acknowledged first. A send that
    fails for good stops the process before anything else is committed.
@@ -23,7 +20,8 @@ it against the run.
 
 Topics of the function processor: new work (triggers and what stays in order with them)
 comes through ``sg.commands``; what moves started runs (outcomes, heartbeats, run timers,
-resolved waits, ticks) through ``sg.results``. One agent reads partition p of both.
+resolved waits, ticks) through ``sg.results``. One agent reads partition p of both, so a
+burst of triggers in ``sg.commands`` never sits in front of the results that free the window.
 
 Dispatcher (``processors/dispatcher.py``): a ready job waits in its backlog in state and
 goes to ``sg.work.<app>`` partition p (p = its command's partition) only inside the app's
@@ -39,12 +37,8 @@ import json
 import logging
 import os
 import time
-import weakref
-from typing import Any, Awaitable, Callable, Hashable
 
 import faust
-import faust.streams as faust_streams
-from faust.types import TP, EventT
 from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
@@ -62,8 +56,6 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
-from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
-from .intake_lanes import command_lane
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -81,16 +73,6 @@ LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the regist
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def classify_command(event: EventT, results_topic: str = "") -> tuple[AnyCommand | None, Hashable]:
-    """The command (None: undecodable) and its intake lane (``processors/intake_lanes.py``)."""
-    from_results = bool(results_topic) and event.message.topic == results_topic
-    try:
-        cmd = command_adapter.validate_json(event.value)
-    except ValueError:
-        return None, command_lane(None, from_results)
-    return cmd, command_lane(cmd, from_results)
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -126,10 +108,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             # flooded partition go ahead of a quiet one (B4). A record larger than this still
             # comes whole: the broker always returns a partition's first batch.
             consumer_max_fetch_size=s.processor_fetch_bytes,
-            # records one poll hands over: a poll parses only these (in faust's consumer
-            # thread, under the GIL), so a quiet partition's record waits for at most this
-            # many of a flooded one; a flooded partition is paused at FairIntake's cap
-            broker_max_poll_records=INTAKE_CAP,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
         # the function processor reads both, partition p of each together (co-partitioned)
@@ -203,70 +181,23 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
-    async def _in_turns(self, stream: faust.StreamT, name: str, handle: Callable[[EventT, Any], Awaitable[None]],
-                        paused_topic: str,
-                        classify: Callable[[EventT], tuple[Any, Hashable]] = lambda _e: (None, "")) -> None:
-        """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
-        into its partition's queue as soon as faust delivers it (``classify`` decodes it and
-        names its lane within the partition); a task handles one record of
-        each partition in turn and acks it once handled (so a commit never passes a record
-        whose outputs are not in the producer yet). A partition with too much queued stops
-        being fetched from ``paused_topic`` (its new work; results are bounded by the window)."""
-        intake: FairIntake[int, tuple[EventT, Any]] = FairIntake()
-        ready = asyncio.Event()
-        consumer = self.app.consumer
-        stream.enable_acks = False
-
-        async def serve() -> None:
-            try:
-                while True:
-                    got = intake.take()
-                    if got is None:
-                        ready.clear()
-                        await ready.wait()
-                        continue
-                    (event, payload), resume = got
-                    if resume is not None:
-                        consumer.on_buffer_drop(TP(paused_topic, resume))
-                    # table writes go to the changelog partition of the record they follow from
-                    faust_streams._current_event.set(weakref.ref(event))
-                    await handle(event, payload)
-                    await stream.ack(event)
-                    await asyncio.sleep(0)  # let the reader queue what faust fetched meanwhile
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.critical("%s: failed on a record; stopping the processor", name, exc_info=True)
-                os._exit(70)
-
-        server = asyncio.ensure_future(serve())
-        try:
-            async for event in stream.events():
-                # faust's own per-partition flow control pauses and resumes fetching (its
-                # pause_/resume_partitions left a partition unfetched for good here)
-                payload, lane = classify(event)
-                pause = intake.put(event.message.partition, (event, payload), lane)
-                if pause is not None:
-                    consumer.on_buffer_full(TP(paused_topic, pause))
-                ready.set()
-        finally:
-            server.cancel()
-
     async def _route(self, stream: faust.StreamT) -> None:
-        await self._in_turns(stream, "router", self._route_record, self.settings.events_topic)
-
-    async def _route_record(self, record: EventT, _payload: None) -> None:
-        value, partition, offset = record.value, record.message.partition, record.message.offset
-        if value.startswith(CONTROL_PREFIX):
-            await self._on_wait_control(value, partition, offset)
-            return
-        try:
-            event = EventRecord.model_validate_json(value)
-        except ValueError:
-            log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
-            return
-        await self._match_waits(event, partition, offset)
-        await self._route_event(event)
+        async for record in stream.events():
+            value, partition, offset = record.value, record.message.partition, record.message.offset
+            try:
+                if value.startswith(CONTROL_PREFIX):
+                    await self._on_wait_control(value, partition, offset)
+                    continue
+                try:
+                    event = EventRecord.model_validate_json(value)
+                except ValueError:
+                    log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
+                    continue
+                await self._match_waits(event, partition, offset)
+                await self._route_event(event)
+            except Exception:
+                log.critical("router: failed on a record; stopping the processor", exc_info=True)
+                os._exit(70)
 
     async def _route_event(self, event: EventRecord) -> None:
         assert self.registry is not None, "start_registry() first"
@@ -323,17 +254,19 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
     # -- function processor: sg.commands + sg.results -> state, sg.work.<app>, sg.runs ------
 
     async def _functions(self, stream: faust.StreamT) -> None:
-        # a record that fails stops the processor (_in_turns): faust would mark it processed
-        # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
-        results = self.settings.results_topic
-        await self._in_turns(stream, "functions", self._function_record, self.settings.commands_topic,
-                             lambda event: classify_command(event, results))
-
-    async def _function_record(self, event: EventT, cmd: AnyCommand | None) -> None:
-        if cmd is None:
-            log.warning("functions: dropped an undecodable command")
-            return
-        await self._handle(cmd, event.message.partition)
+        async for event in stream.events():
+            try:
+                cmd = command_adapter.validate_json(event.value)
+            except ValueError:
+                log.warning("functions: dropped an undecodable command")
+                continue
+            try:
+                await self._handle(cmd, event.message.partition)
+            except Exception:
+                # faust would mark the record processed and move on: that loses it. Stop
+                # instead; a restart re-reads it from the last commit (invariant 1).
+                log.critical("functions: failed on a %s command; stopping the processor", cmd.kind, exc_info=True)
+                os._exit(70)
 
     async def _handle(self, cmd: AnyCommand, partition: int) -> None:
         now = now_ms()
