@@ -20,8 +20,9 @@ it against the run.
 
 Topics of the function processor: new work (triggers and what stays in order with them)
 comes through ``sg.commands``; what moves started runs (outcomes, heartbeats, run timers,
-resolved waits, ticks) through ``sg.results``. One agent reads partition p of both, so a
-burst of triggers in ``sg.commands`` never sits in front of the results that free the window.
+resolved waits, ticks) through ``sg.results``. One agent reads partition p of both: in Kafka a
+burst of triggers never sits in front of the results that free the window, but faust still
+hands the agent both topics' records in one FIFO (README, "One writer per function").
 
 Dispatcher (``processors/dispatcher.py``): a ready job waits in its backlog in state and
 goes to ``sg.work.<app>`` partition p (p = its command's partition) only inside the app's
