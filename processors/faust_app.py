@@ -5,6 +5,11 @@ Commit order (why nothing accepted is lost):
 1. An agent handles one record: load state → pure decision → write the faust table
    (changelogged, RocksDB) → hand the outputs to faust's producer (acks=all), without
    waiting for each ack, so records flow at the speed of the CPU, not of round trips.
+   Records wait in a queue per partition and are handled in turns (``_in_turns``,
+   ``processors/fair_intake.py``), out of offset order across lanes; they are acked to faust
+   in offset order only (``processors/ordered_acks.py``: faust can commit past a record not
+   acked), and records still queued are dropped, unacked, when faust clears its own queues
+   at a rebalance (it then seeks back to the last commit and reads them again).
 2. Before faust commits a source offset it flushes its producer: every changelog record
    and every output of the records up to that offset is acknowledged first. A send that
    fails for good stops the process before anything else is committed.
@@ -20,9 +25,8 @@ it against the run.
 
 Topics of the function processor: new work (triggers and what stays in order with them)
 comes through ``sg.commands``; what moves started runs (outcomes, heartbeats, run timers,
-resolved waits, ticks) through ``sg.results``. One agent reads partition p of both: in Kafka a
-burst of triggers never sits in front of the results that free the window, but faust still
-hands the agent both topics' records in one FIFO (README, "One writer per function").
+resolved waits, ticks) through ``sg.results``. One agent reads partition p of both; its
+intake gives results every other turn, so a burst of triggers does not hold them back.
 
 Dispatcher (``processors/dispatcher.py``): a ready job waits in its backlog in state and
 goes to ``sg.work.<app>`` partition p (p = its command's partition) only inside the app's
@@ -38,8 +42,12 @@ import json
 import logging
 import os
 import time
+import weakref
+from typing import Any, Awaitable, Callable, Hashable
 
 import faust
+import faust.streams as faust_streams
+from faust.types import TP, EventT
 from confluent_kafka.admin import NewTopic
 
 from ..events import RESERVED_PREFIX
@@ -57,6 +65,9 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
+from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
+from .ordered_acks import OrderedAcks, Tracked
+from .intake_lanes import command_lane
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -74,6 +85,25 @@ LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the regist
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+def classify_command(event: EventT, results_topic: str = "") -> tuple[AnyCommand | None, Hashable]:
+    """The command (None: undecodable) and its intake lane (``processors/intake_lanes.py``)."""
+    from_results = bool(results_topic) and event.message.topic == results_topic
+    try:
+        cmd = command_adapter.validate_json(event.value)
+    except ValueError:
+        return None, command_lane(None, from_results)
+    return cmd, command_lane(cmd, from_results)
+
+
+class _ClearWith:
+    """Something faust's ``flow_control`` clears along with its own queues at a rebalance."""
+
+    __slots__ = ("clear", "__weakref__")
+
+    def __init__(self, clear: Callable[[], None]) -> None:
+        self.clear = clear
 
 
 def _broker_url(bootstrap: str) -> str:
@@ -109,6 +139,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             # flooded partition go ahead of a quiet one (B4). A record larger than this still
             # comes whole: the broker always returns a partition's first batch.
             consumer_max_fetch_size=s.processor_fetch_bytes,
+            # records one poll hands over: a poll parses only these (in faust's consumer
+            # thread, under the GIL), so a quiet partition's record waits for at most this
+            # many of a flooded one; a flooded partition is paused at FairIntake's cap
+            broker_max_poll_records=INTAKE_CAP,
         )
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
         # the function processor reads both, partition p of each together (co-partitioned)
@@ -140,6 +174,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._stats_sent: dict[str, bytes] = {}
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
+        self._intake_clearers: list[_ClearWith] = []
         self._out_topics: dict[str, faust.TopicT] = {}
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
@@ -182,23 +217,108 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     # -- router: sg.events -> sg.commands --------------------------------------------------
 
-    async def _route(self, stream: faust.StreamT) -> None:
-        async for record in stream.events():
-            value, partition, offset = record.value, record.message.partition, record.message.offset
+    async def _in_turns(self, stream: faust.StreamT, name: str, handle: Callable[[EventT, Any], Awaitable[None]],
+                        paused_topic: str,
+                        classify: Callable[[EventT], tuple[Any, Hashable]] = lambda _e: (None, "")) -> None:
+        """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
+        into its partition's queue as soon as faust delivers it (``classify`` decodes it and
+        names its lane within the partition); a task handles one record of each partition in
+        turn. Acks go to faust in offset order only (``processors/ordered_acks.py``), so a
+        commit never passes a record not handled, or one whose outputs are not in the
+        producer yet. A partition with too much queued stops being fetched from
+        ``paused_topic`` (its new work; results are bounded by the window).
+
+        When a rebalance revokes partitions, faust suspends its flow, clears its own queues
+        (``flow_control.clear()``) and later reads again from the last commit; the intake is
+        cleared with them, its records never acked."""
+        intake: FairIntake[int, tuple[Tracked[TP, EventT], Any]] = FairIntake()
+        acks: OrderedAcks[TP, EventT] = OrderedAcks()
+        ready = asyncio.Event()
+        consumer = self.app.consumer
+        stream.enable_acks = False
+
+        def clear() -> None:
+            if self.app.flow_control.is_active():
+                # only a suspended flow (a revoke, a stop) is read again from the last commit
+                return
+            # a partition paused here would stay unfetched: nothing queued is left to resume it
+            for partition in intake.paused:
+                consumer.on_buffer_drop(TP(paused_topic, partition))
+            dropped = intake.clear()
+            acks.clear()
+            if dropped:
+                log.info("%s: a rebalance dropped %d queued record(s); they are read again", name, dropped)
+
+        clearing = _ClearWith(clear)
+        self._intake_clearers.append(clearing)  # flow_control holds queues weakly
+        self.app.flow_control.manage_queue(clearing)  # type: ignore[arg-type]
+
+        async def serve() -> None:
             try:
-                if value.startswith(CONTROL_PREFIX):
-                    await self._on_wait_control(value, partition, offset)
-                    continue
-                try:
-                    event = EventRecord.model_validate_json(value)
-                except ValueError:
-                    log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
-                    continue
-                await self._match_waits(event, partition, offset)
-                await self._route_event(event)
+                while True:
+                    got = intake.take()
+                    if got is None:
+                        ready.clear()
+                        await ready.wait()
+                        continue
+                    (entry, payload), resume = got
+                    if resume is not None:
+                        consumer.on_buffer_drop(TP(paused_topic, resume))
+                    event = entry.record
+                    # table writes go to the changelog partition of the record they follow from
+                    faust_streams._current_event.set(weakref.ref(event))
+                    await handle(event, payload)
+                    for done in acks.handled(entry):
+                        await stream.ack(done)
+                    # hold no record while idle: faust waits at a rebalance until every
+                    # record it delivered is acked or gone
+                    del entry, event, payload, got
+                    await asyncio.sleep(0)  # let the reader queue what faust fetched meanwhile
+            except asyncio.CancelledError:
+                raise
             except Exception:
-                log.critical("router: failed on a record; stopping the processor", exc_info=True)
+                log.critical("%s: failed on a record; stopping the processor", name, exc_info=True)
                 os._exit(70)
+
+        server = asyncio.ensure_future(serve())
+        last_offset: dict[TP, int] = {}
+        try:
+            async for event in stream.events():
+                # faust's own per-partition flow control pauses and resumes fetching (its
+                # pause_/resume_partitions left a partition unfetched for good here)
+                tp, offset = event.message.tp, event.message.offset
+                before = last_offset.get(tp)
+                if before is not None and offset > before + 1:
+                    # our topics are neither compacted nor transactional: a record did not
+                    # reach this agent; commits of tp stop before it (faust_tuning._new_offset)
+                    log.warning("%s: %s jumped from offset %d to %d; commits stop at the gap until it "
+                                "is read again (faust_tuning._held_back)", name, tp, before, offset)
+                last_offset[tp] = offset
+                payload, lane = classify(event)
+                entry = acks.track(tp, event)
+                pause = intake.put(event.message.partition, (entry, payload), lane)
+                if pause is not None:
+                    consumer.on_buffer_full(TP(paused_topic, pause))
+                ready.set()
+                del event, entry, payload  # (see serve)
+        finally:
+            server.cancel()
+
+    async def _route(self, stream: faust.StreamT) -> None:
+        await self._in_turns(stream, "router", self._route_record, self.settings.events_topic)
+
+    async def _route_record(self, record: EventT, _payload: None) -> None:
+        value, partition, offset = record.value, record.message.partition, record.message.offset
+        if value.startswith(CONTROL_PREFIX):
+            await self._on_wait_control(value, partition, offset)
+            return
+        try:
+            event = EventRecord.model_validate_json(value)
+        except ValueError:
+            log.warning("router: dropped an undecodable record from %s", self.settings.events_topic)
+            return
+        await self._match_waits(event, partition, offset)
+        await self._route_event(event)
 
     async def _route_event(self, event: EventRecord) -> None:
         assert self.registry is not None, "start_registry() first"
@@ -255,19 +375,17 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
     # -- function processor: sg.commands + sg.results -> state, sg.work.<app>, sg.runs ------
 
     async def _functions(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            try:
-                cmd = command_adapter.validate_json(event.value)
-            except ValueError:
-                log.warning("functions: dropped an undecodable command")
-                continue
-            try:
-                await self._handle(cmd, event.message.partition)
-            except Exception:
-                # faust would mark the record processed and move on: that loses it. Stop
-                # instead; a restart re-reads it from the last commit (invariant 1).
-                log.critical("functions: failed on a %s command; stopping the processor", cmd.kind, exc_info=True)
-                os._exit(70)
+        # a record that fails stops the processor (_in_turns): faust would mark it processed
+        # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
+        results = self.settings.results_topic
+        await self._in_turns(stream, "functions", self._function_record, self.settings.commands_topic,
+                             lambda event: classify_command(event, results))
+
+    async def _function_record(self, event: EventT, cmd: AnyCommand | None) -> None:
+        if cmd is None:
+            log.warning("functions: dropped an undecodable command")
+            return
+        await self._handle(cmd, event.message.partition)
 
     async def _handle(self, cmd: AnyCommand, partition: int) -> None:
         now = now_ms()
@@ -324,6 +442,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         await self._apply(decision, partition)
         if decision.state is not None:
             self._ensure_enqueued(decision.state, partition, now)
+            if not decision.changed:
+                # read again after a crash, its state may already be written and its view lost
+                # with the process: views are idempotent, send it again (a duplicate is rare)
+                self._views.setdefault(decision.state.run_id, decision.state)
 
     async def _apply(self, decision: Decision, partition: int) -> None:
         """Persist one run's decision and forward its actions (the run's partition)."""
@@ -457,9 +579,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         Table writes wait in faust's producer buffer; they go to the producer first, so an
         output never reaches the broker ahead of the state it follows from (a crash between
         the two would replay the command against older state and, say, run a step twice)."""
-        buffer = self.app.producer.buffer
-        if buffer.size:
-            await buffer.flush()
+        await faust_tuning.drain(self.app.producer.buffer)
         topic = self._out_topics.get(topic_name)
         if topic is None:
             topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")

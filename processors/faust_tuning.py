@@ -1,4 +1,4 @@
-"""Settings of faust's Kafka consumer that faust does not expose.
+"""Settings of faust's Kafka clients that faust does not expose, and a flush that waits.
 
 faust-streaming creates the processor's aiokafka consumer with ``fetch_max_wait_ms=1500``,
 hard-coded (``faust/transport/drivers/aiokafka.py``). aiokafka fetches a partition only when
@@ -8,13 +8,37 @@ quiet, the broker holds it for the full wait. Every fetch of ``sg.commands`` the
 behind it: step results sat up to 1.6 s in the topic while the processor idled (B5/B6, and
 adding unrelated traffic to ``sg.events`` made the drain faster). A short wait keeps fetches
 flowing; an idle processor then sends a few small fetches per second more.
+
+faust's producer flush, which runs before every commit of source offsets, gives up on the
+table changelog records still in its ``ProducerBuffer`` when none was sent for 0.1 s
+(``flush_atmost``), and counts a record its sender has taken but not yet handed to aiokafka
+as gone. Under load a commit could then go ahead of changelog records of the records it
+covers; a processor that died just then left a new owner tables without them, and the
+commands they followed from would never be read again. :func:`drain` waits until the buffer
+is empty and its sender idle; ``Producer.flush`` (and so every commit) calls it.
+
+Two holes in faust's commit lost records in ``test_a_processor_killed_while_absorbing_a_burst_loses_nothing``
+(the record never reached an agent, and a later commit went past it): after a rebalance
+faust empties its agents' queues when it resumes the flow, after its seek back to the
+commits, so the records fetched during the seek were dropped (:func:`_resume_without_clearing`);
+and its commit takes the first run of acked offsets even when it starts one past the
+committed offset (:func:`_new_offset`). A commit held back that way for ``STALL_S`` reads the
+partition again from the committed offset (:func:`_held_back`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
 from typing import Any
 
+from faust.transport import consumer as faust_consumer
+from faust.transport import producer as faust_producer
+from mode.utils import queues as mode_queues
 from faust.transport.drivers import aiokafka as faust_aiokafka
+
+log = logging.getLogger("sluicegate.processor")
 
 FETCH_MAX_WAIT_MS = 20
 _wait_ms = FETCH_MAX_WAIT_MS
@@ -28,8 +52,98 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
     return consumer
 
 
+_original_send_pending = faust_producer.ProducerBuffer._send_pending
+DRAIN_WARN_S = 10.0
+
+
+async def _send_pending(self: Any, fut: Any) -> None:
+    # entered synchronously right after the sender takes a record off the queue, so a record
+    # is always either queued or counted here until aiokafka has it
+    self.sg_sending = getattr(self, "sg_sending", 0) + 1
+    try:
+        await _original_send_pending(self, fut)
+    finally:
+        self.sg_sending -= 1
+
+
+async def drain(buffer: Any) -> None:
+    """Wait until every record put in faust's ``ProducerBuffer`` is in aiokafka's hands."""
+    started = time.monotonic()
+    warned = False
+    while buffer.size or getattr(buffer, "sg_sending", 0):
+        buffer.message_sent.clear()
+        try:
+            await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
+        except asyncio.TimeoutError:
+            pass
+        if not warned and time.monotonic() - started > DRAIN_WARN_S:
+            warned = True
+            log.warning("producer buffer: %d record(s) still unsent after %.0f s; commits wait for them",
+                        buffer.size, DRAIN_WARN_S)
+
+
+async def _flush(self: Any) -> None:
+    await drain(self.buffer)
+    if self._producer is not None:
+        await self._producer.flush()
+    for transaction_producer in self._transaction_producers.values():
+        await transaction_producer.flush()
+
+
+_original_new_offset = faust_consumer.Consumer._new_offset
+
+
+def _new_offset(self: Any, tp: Any) -> Any:
+    """faust's next commit offset for ``tp``, but never past the committed offset's own record
+    while it is not acked: faust takes the first run of acked offsets when it starts one past
+    the committed offset (an off-by-one), so a record that never reached an agent was
+    committed over."""
+    acked = self._acked[tp]
+    committed = self._committed_offset[tp]
+    if acked and committed is not None and min(acked) > committed:
+        gaps = self._gap[tp]  # offsets faust knows hold no record (compaction, transaction markers)
+        if not gaps or not gaps.overlaps_point(committed):
+            _held_back(self, tp, committed)
+            return None
+    _stalled.pop((id(self), tp), None)
+    return _original_new_offset(self, tp)
+
+
+STALL_S = 10.0
+_stalled: dict[tuple[int, Any], float] = {}
+
+
+def _held_back(consumer: Any, tp: Any, committed: int) -> None:
+    """A commit of ``tp`` held back at ``committed``. Records handled out of turn hold it back
+    for milliseconds; held back for ``STALL_S``, the record at ``committed`` never reached
+    the agent: seek back to it, so it and those after it are read again (handlers are
+    idempotent)."""
+    key = (id(consumer), tp)
+    now = time.monotonic()
+    since = _stalled.setdefault(key, now)
+    if now - since >= STALL_S:
+        _stalled[key] = now
+        log.warning("commits of %s held back at offset %d for %.0f s: reading it again from there",
+                    tp, committed, now - since)
+        asyncio.ensure_future(consumer.seek(tp, committed))
+
+
+def _resume_without_clearing(self: Any) -> None:
+    """``FlowControlEvent.resume`` without emptying the agents' queues. faust resumes (and
+    emptied them) right after seeking its streams back to the committed offsets; records
+    fetched while that seek was awaited were already in the queues with faust's read offset
+    past them, so they were dropped and never read again. What a rebalance must drop is
+    dropped when it revokes partitions (``flow_control.clear()``)."""
+    self._suspend.clear()
+    self._resume.set()
+
+
 def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     """Idempotent; call before the faust worker starts."""
     global _wait_ms
     _wait_ms = fetch_max_wait_ms
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
+    faust_producer.ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
+    faust_aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
+    faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
+    mode_queues.FlowControlEvent.resume = _resume_without_clearing  # type: ignore[method-assign]

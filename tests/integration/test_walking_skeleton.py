@@ -329,3 +329,13 @@ def test_a_processor_killed_while_absorbing_a_burst_loses_nothing(engine_cleanup
         run = engine_cleanup.wait_run(event_id, timeout=60)
         assert run["status"] == "completed" and run["output"] == ["a", "b"], run
         assert [len(s["attempts"]) for s in run["steps"]] == [1, 1]
+    # and every run is completed in the API too (a view lost with the killed process left one "running")
+    deadline = time.monotonic() + 60
+    counts: dict = {}
+    while time.monotonic() < deadline:
+        listing = engine_cleanup.http.get("/v1/functions").json()["data"]
+        counts = next(f["runs"] for f in listing if f["app_id"] == sg.app_id)
+        if counts.get("completed") == n_events:
+            break
+        time.sleep(0.5)
+    assert counts.get("completed") == n_events and counts.get("running") == 0, counts
