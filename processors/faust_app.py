@@ -237,6 +237,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         consumer = self.app.consumer
         stream.enable_acks = False
 
+        last_offset: dict[TP, int] = {}  # the last offset read of each partition (a gap is a lost record)
+
         def clear() -> None:
             if self.app.flow_control.is_active():
                 # only a suspended flow (a revoke, a stop) is read again from the last commit
@@ -246,6 +248,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 consumer.on_buffer_drop(TP(paused_topic, partition))
             dropped = intake.clear()
             acks.clear()
+            last_offset.clear()  # read again from the last commit, or by another process
             if dropped:
                 log.info("%s: a rebalance dropped %d queued record(s); they are read again", name, dropped)
 
@@ -281,7 +284,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 os._exit(70)
 
         server = asyncio.ensure_future(serve())
-        last_offset: dict[TP, int] = {}
         try:
             async for event in stream.events():
                 # faust's own per-partition flow control pauses and resumes fetching (its
