@@ -1,7 +1,9 @@
-"""The processor's consumer gets a short fetch wait (processors/faust_tuning.py)."""
+"""The processor's consumer gets a short fetch wait and a short prefetch backoff
+(processors/faust_tuning.py)."""
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -12,7 +14,10 @@ from sluicegate.processors import faust_tuning
 
 
 def test_apply_sets_a_short_fetch_wait_on_the_consumer_faust_creates(monkeypatch: pytest.MonkeyPatch) -> None:
-    made = SimpleNamespace(_fetch_max_wait_ms=1500)  # what faust hard-codes
+    async def start() -> None:  # aiokafka creates its fetcher when the consumer starts
+        made._fetcher = SimpleNamespace(_prefetch_backoff=0.1)
+
+    made = SimpleNamespace(_fetch_max_wait_ms=1500, start=start)  # what faust hard-codes
     monkeypatch.setattr(faust_tuning, "_original", lambda self, transport: made)
     monkeypatch.setattr(faust_aiokafka.AIOKafkaConsumerThread, "_create_worker_consumer",
                         faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer)
@@ -21,6 +26,8 @@ def test_apply_sets_a_short_fetch_wait_on_the_consumer_faust_creates(monkeypatch
     thread: Any = object.__new__(faust_aiokafka.AIOKafkaConsumerThread)
     consumer = faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer(thread, transport=None)
     assert consumer is made and consumer._fetch_max_wait_ms == faust_tuning.FETCH_MAX_WAIT_MS == 20
+    asyncio.run(consumer.start())
+    assert consumer._fetcher._prefetch_backoff == faust_tuning.PREFETCH_BACKOFF_S == 0.005
 
 
 def test_aiokafka_still_reads_the_attribute_we_set() -> None:
@@ -29,3 +36,12 @@ def test_aiokafka_still_reads_the_attribute_we_set() -> None:
     import aiokafka.consumer.consumer as consumer_module
 
     assert "fetch_max_wait_ms=self._fetch_max_wait_ms" in inspect.getsource(consumer_module.AIOKafkaConsumer.start)
+
+
+def test_aiokafka_still_gives_fetched_records_the_backoff_we_set() -> None:
+    import inspect
+
+    import aiokafka.consumer.fetcher as fetcher_module
+
+    source = inspect.getsource(fetcher_module.Fetcher)
+    assert "backoff=self._prefetch_backoff" in source and "if node_id in backoff_by_nodes" in source
