@@ -37,6 +37,7 @@ so each says whether, and why, the run is still waiting.
 from __future__ import annotations
 
 import asyncio
+import gc
 import heapq
 import json
 import logging
@@ -171,6 +172,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._views: dict[str, RunState] = {}
         self._record_writes: dict[str, ActiveRun | None] = {}
         self._stats_at = 0
+        self._gc_frozen = False
         self._stats_sent: dict[str, bytes] = {}
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
@@ -199,6 +201,13 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             self._waits_dirty = True
             self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
+            if not self._gc_frozen:
+                # what exists once the processor is up (faust, aiokafka, modules: ~100k
+                # objects) lives as long as the process: out of the cyclic GC's full
+                # collections, which took ~50 ms of the event loop every ~15 s under load
+                # and now take ~5 ms (B4)
+                self._gc_frozen = True
+                gc.freeze()
             log.info("processor: rebalance complete, active partitions recovered")
 
         app.agent(self.events_topic, name="sluicegate.router")(self._route)
