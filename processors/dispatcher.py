@@ -41,7 +41,7 @@ from .dispatch import concurrency as cc
 from .dispatch import throttle as th
 from .dispatch.backlogs import Backlogs
 from .dispatch.fair_selection import FairState, Item, Weights
-from .dispatch.pump import Ticket, pump
+from .dispatch.pump import Ticket, is_replay_key, pump, replay_key, replay_share_free
 from .dispatch.run_keys import partitions_sharing, run_keys
 from .flow.rate_limit import GcraState
 from .run_decisions import current_jobs, finish_timeout_timer, job_for
@@ -63,6 +63,7 @@ class PartitionDispatch:
     fair: dict[str, FairState] = field(default_factory=dict)
     inflight: Counter = field(default_factory=Counter)       # app -> jobs in flight
     inflight_fn: Counter = field(default_factory=Counter)    # (app, fn) -> jobs in flight
+    inflight_replay: Counter = field(default_factory=Counter)  # app -> replayed runs' jobs in flight
     leases: list[tuple[int, str, str]] = field(default_factory=list)  # heap (expires, dispatch key, lease)
     key_weights: dict[tuple[str, str, str], int] = field(default_factory=dict)
     weights: Weights = field(default_factory=Weights)
@@ -172,8 +173,7 @@ class DispatchStage:
                 "leases": {**state.leases, rec.lease_id: cc.Lease(run_id=rec.run_id, expires_ms=rec.lease_expires,
                                                                   slots=steps)},
                 "step_holders": cc._add(state.step_holders, steps, rec.lease_id)})
-            dp.inflight[rec.app_id] += 1
-            dp.inflight_fn[(rec.app_id, rec.function_id)] += 1
+            self._count_in_flight(dp, rec, 1)
             heapq.heappush(dp.leases, (rec.lease_expires, dkey, rec.lease_id))
 
     def _put_record(self, dp: PartitionDispatch, rec: ActiveRun | None, dkey: str) -> None:
@@ -225,7 +225,7 @@ class DispatchStage:
                 run_id=run.run_id, app_id=run.app_id, function_id=run.function_id, partition=partition,
                 # a replay's runs take turns with live work as a backlog of their own (fair selection
                 # goes over keys); their concurrency and throttle keys are the same as live runs'
-                key=keys.key if run.replay_id is None else f"replay:{run.replay_id}|{keys.key}", enqueued_at=run.created_at, priority_s=keys.priority_s, weight=keys.weight,
+                key=keys.key if run.replay_id is None else replay_key(run.replay_id, keys.key), enqueued_at=run.created_at, priority_s=keys.priority_s, weight=keys.weight,
                 limits=[(lim.slot, lim.limit, lim.per) for lim in keys.limits],
                 throttle=None if keys.throttle is None else (keys.throttle.limit, keys.throttle.period_ms,
                                                              keys.throttle.burst),
@@ -280,14 +280,20 @@ class DispatchStage:
 
     def _free_lease(self, dp: PartitionDispatch, rec: ActiveRun) -> None:
         dp.cc = cc.release(dp.cc, rec.lease_id)
-        dp.inflight[rec.app_id] -= 1
-        dp.inflight_fn[(rec.app_id, rec.function_id)] -= 1
+        self._count_in_flight(dp, rec, -1)
         self._touched.add((rec.partition, rec.app_id))
         if rec.run_ended or rec.branch is not None:  # a branch job answered is done: its record goes
             self._put_record(dp, None, rec.dkey)
         else:
             self._put_record(dp, rec.model_copy(update={"phase": "idle", "lease_id": "", "lease_expires": 0}),
                              rec.dkey)
+
+    @staticmethod
+    def _count_in_flight(dp: PartitionDispatch, rec: ActiveRun, n: int) -> None:
+        dp.inflight[rec.app_id] += n
+        dp.inflight_fn[(rec.app_id, rec.function_id)] += n
+        if is_replay_key(rec.key):
+            dp.inflight_replay[rec.app_id] += n
 
     def _on_heartbeat(self, cmd: Heartbeat, partition: int, now: int) -> None:
         dp = self._dp(partition)
@@ -359,9 +365,12 @@ class DispatchStage:
             if dp.weights_dirty:
                 dp.weights = Weights(keys=dict(dp.key_weights))
                 dp.weights_dirty = False
+            share = self.settings.replay_window_share
+            replay_free = None if share >= 1 else replay_share_free(
+                self.settings.dispatch_window, share, dp.inflight_replay[app], free)
             result = pump(ready, dp.tickets, free=free, fair=dp.fair.get(app, FairState()),
                           concurrency=dp.cc, throttle_state=self._gcra, now_ms=now,
-                          lease_ms=self.settings.lease_ms, weights=dp.weights)
+                          lease_ms=self.settings.lease_ms, weights=dp.weights, replay_free=replay_free)
             dp.fair[app] = result.fair
             dp.cc = result.concurrency
             dp.blocked[app] = dict(result.blocked)
@@ -404,8 +413,7 @@ class DispatchStage:
                                      "lease_expires": expires, "dispatches": rec.dispatches + 1})
         self._put_record(dp, rec, dkey)
         self._flush_records()  # the record says "in flight" before the job can be seen
-        dp.inflight[rec.app_id] += 1
-        dp.inflight_fn[(rec.app_id, rec.function_id)] += 1
+        self._count_in_flight(dp, rec, 1)
         heapq.heappush(dp.leases, (expires, dkey, ticket.lease_id))
         work = self.settings.work_topic(rec.app_id)
         if work not in self._work_topics:

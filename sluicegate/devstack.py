@@ -46,6 +46,7 @@ class ProcessorProcess:
             "SLUICEGATE_COMMIT_INTERVAL_S": str(s.commit_interval_s),
             "SLUICEGATE_LOG_LEVEL": s.log_level,
             "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
+            "SLUICEGATE_REPLAY_WINDOW_SHARE": str(s.replay_window_share),
             "SLUICEGATE_LEASE_MS": str(s.lease_ms),
             "SLUICEGATE_PROCESSOR_FETCH_WAIT_MS": str(s.processor_fetch_wait_ms),
             "SLUICEGATE_PROCESSOR_BUFFER": str(s.processor_buffer),

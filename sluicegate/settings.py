@@ -38,6 +38,10 @@ class Settings(BaseSettings):
     dispatch_window: int = Field(64, ge=1, le=100_000, description=(
         "In-flight jobs per app per work partition: the most a newly ready step can wait behind. "
         "Set it to about the executors' capacity per partition (worker concurrency x workers)."))
+    replay_window_share: float = Field(0.8, gt=0, le=1.0, description=(
+        "The share of each app's dispatch window a replay's runs may hold in flight at once (at least one "
+        "slot); the rest stays free for live runs, which then never wait for a replayed step to end. "
+        "1.0: replays and live work share the whole window fairly."))
     processor_buffer: int = Field(4096, ge=1, le=131_072, description=(
         "Records a processor agent fetches ahead (faust's stream_buffer_maxsize): a record of a quiet "
         "partition waits behind at most this many of a busy one. Smaller favours fairness under floods, "

@@ -17,9 +17,15 @@ Loop, while the window has a free slot:
    a throttled head wakes the caller at the first ms its bucket has room (``wake_at_ms``);
 3. the released item takes its slots (a lease of ``lease_ms``) and its throttle start.
 
+A replay's runs wait in backlogs of their own (key ``replay:<id>|<key>``); ``replay_free``,
+when given, is how many of them may still go out (their share of the window, see
+``Settings.replay_window_share``): once it is used, replay backlogs are blocked with
+``window_full`` and the rest of the window stays free for live work, so a live run never
+waits for a replayed run's step to end.
+
 A blocked backlog keeps its items — nothing is dropped — and its reason is reported so the
-API can say why a run waits: ``concurrency``, ``throttled``; runs behind a full window wait
-for ``window_full`` (``PumpResult.window_full``).
+API can say why a run waits: ``concurrency``, ``throttled``, ``window_full`` (a replay's
+share); runs behind a full window wait for ``window_full`` (``PumpResult.window_full``).
 
 Only heads are read, and each blocked head is judged once per refill: the cost is
 O(released + blocked backlogs visited), never O(items).
@@ -36,7 +42,24 @@ from . import concurrency as cc
 from . import throttle as th
 from .fair_selection import FairState, Item, Path, Picked, Weights, select, sorted_ids
 
-Reason = Literal["concurrency", "throttled"]
+Reason = Literal["concurrency", "throttled", "window_full"]
+REPLAY_KEY_PREFIX = "replay:"
+
+
+def replay_key(replay_id: str, key: str) -> str:
+    """The backlog key of a replay's runs whose live runs' key is ``key``."""
+    return f"{REPLAY_KEY_PREFIX}{replay_id}|{key}"
+
+
+def is_replay_key(key: str) -> bool:
+    return key.startswith(REPLAY_KEY_PREFIX)
+
+
+def replay_share_free(window: int, share: float, replay_in_flight: int, free: int) -> int:
+    """How many replayed jobs may go out now: at most ``share`` of the window (at least one
+    slot) in flight at once, and never more than the window's free slots."""
+    cap = max(1, int(window * share))
+    return max(0, min(free, cap - replay_in_flight))
 
 
 @dataclass(frozen=True)
@@ -113,10 +136,14 @@ class _View(Mapping):
 
 def pump(ready: Mapping, tickets: Mapping[str, Ticket], *, free: int, fair: FairState,
          concurrency: cc.ConcurrencyState, throttle_state: Callable[[str], GcraState | None],
-         now_ms: int, lease_ms: int, weights: Weights = Weights()) -> PumpResult:
-    """Release up to ``free`` items of ``ready`` (see the module docstring)."""
+         now_ms: int, lease_ms: int, weights: Weights = Weights(), replay_free: int | None = None) -> PumpResult:
+    """Release up to ``free`` items of ``ready``, of them at most ``replay_free`` from replay
+    backlogs (``None``: no separate cap) (see the module docstring)."""
     if free < 0:
         raise ValueError(f"free must be >= 0, got {free}")
+    if replay_free is not None and replay_free < 0:
+        raise ValueError(f"replay_free must be >= 0, got {replay_free}")
+    replays_released = 0
     taken: dict[Path, int] = {}
     view = _View(ready, taken)
     puts: dict[str, GcraState] = {}
@@ -136,7 +163,9 @@ def pump(ready: Mapping, tickets: Mapping[str, Ticket], *, free: int, fair: Fair
             return judged[path]
         items = view[path[0]][path[1]][path[2]]
         reason: Reason | None = None
-        if len(items):
+        if len(items) and replay_free is not None and replays_released >= replay_free and is_replay_key(path[2]):
+            reason = "window_full"
+        elif len(items):
             head = items[0]
             t = tickets[head.item_id]
             if cc.blocking(state, t.limits, now_ms, lease_id=t.lease_id, run_id=t.run_id):
@@ -178,6 +207,8 @@ def pump(ready: Mapping, tickets: Mapping[str, Ticket], *, free: int, fair: Fair
             puts[t.throttle_key] = d.state
         released.append(Released(path, t))
         taken[path] = taken.get(path, 0) + 1
+        if is_replay_key(picked.key):
+            replays_released += 1
         judged.clear()  # the slots and heads changed: judge again
         blocked.clear()
         wake.clear()

@@ -165,6 +165,77 @@ def test_live_events_keep_their_turn_during_a_large_replay(engine_cleanup: "Engi
     assert replay_state["status"] == "running" or backlog.get("backlog", 0) > 0
 
 
+def test_a_replay_of_slow_steps_leaves_live_runs_a_share_of_the_window(engine_cleanup: "Engine") -> None:
+    """Replayed runs hold at most ``replay_window_share`` of the app's window; a live event
+    sent while that share is full of long steps starts at once, without waiting for one."""
+    engine = engine_cleanup
+    settings = engine.settings
+    share = int(settings.dispatch_window * settings.replay_window_share)
+    assert 0 < share < settings.dispatch_window  # the engine's settings leave room for live work
+    sg = engine.app("replay-share")
+    lock = threading.Lock()
+    release = threading.Event()
+    holding = {"now": 0, "most": 0, "blocking": False}
+    live_started: list[float] = []
+
+    @sg.function(id="slow", trigger=TriggerEvent(event="slow.job"))
+    def slow(ctx: Any, step: Any) -> str:
+        def body() -> str:
+            if ctx.event["data"].get("live"):
+                live_started.append(time.monotonic())
+                return "live"
+            with lock:
+                if not holding["blocking"]:
+                    return "history"
+                holding["now"] += 1
+                holding["most"] = max(holding["most"], holding["now"])
+            try:
+                release.wait(60)  # a long step (the worker heartbeats its lease meanwhile)
+            finally:
+                with lock:
+                    holding["now"] -= 1
+            return "replayed"
+        return step.run("s", body)
+
+    n = share + 12
+    engine.start_worker(sg, concurrency=settings.dispatch_window + 8)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "slow.job", "data": {"n": i}} for i in range(n)])
+    for eid in ids:
+        engine.wait_run(eid, timeout=60)
+    until = int(time.time() * 1000) + 1
+    with lock:
+        holding["blocking"] = True
+    try:
+        r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until})
+        assert r.status_code == 202, r.text
+        replay_id = r.json()["id"]
+        _wait(lambda: holding["now"] == share, 60, f"{share} replayed steps executing")
+        time.sleep(1.0)  # the rest of the replay stays in its backlog
+        assert holding["now"] == share and holding["most"] == share
+        [live] = sg.send({"name": "slow.job", "data": {"live": True}})
+        run = engine.wait_run(live, timeout=30)
+        assert run["status"] == "completed" and run["output"] == "live"
+        assert holding["now"] == share and not release.is_set()  # it went while the share was full
+        # why the replayed runs wait (the queue figures are published once a second)
+        seen: dict[str, Any] = {}
+
+        def reported() -> bool:
+            seen.update(engine.http.get(f"/v1/functions/{sg.app_id}/slow/queue").json())
+            return seen.get("backlog") == n - share and seen.get("in_flight") == share
+        _wait(reported, 10, "the queue figures of the full share")
+        assert seen["waiting"] == {"window_full": n - share}, seen
+    finally:
+        release.set()
+    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").json().get("status") == "done", 60, "the replay")
+
+    def all_replayed() -> bool:
+        return all([x["status"] for x in _runs(engine, eid) if x.get("replay_id") == replay_id] == ["completed"]
+                   for eid in ids)
+    _wait(all_replayed, 60, "one completed replayed run per event")
+    assert holding["most"] == share  # never more than the share at once
+
+
 def test_rerun_from_the_start_and_from_a_step(engine_cleanup: "Engine") -> None:
     engine = engine_cleanup
     sg = engine.app("rerun")

@@ -26,7 +26,14 @@ from sluicegate.processors.dispatch.concurrency import (
     slot_key,
 )
 from sluicegate.processors.dispatch.fair_selection import FairState, Item, Weights, order_backlog
-from sluicegate.processors.dispatch.pump import PumpResult, Ticket, pump
+from sluicegate.processors.dispatch.pump import (
+    PumpResult,
+    Ticket,
+    is_replay_key,
+    pump,
+    replay_key,
+    replay_share_free,
+)
 from sluicegate.processors.dispatch.throttle import Throttle, decide, throttle_key
 from sluicegate.processors.flow.rate_limit import GcraState
 
@@ -68,9 +75,10 @@ class World:
             self.tickets[i.item_id] = Ticket(i, run_id, f"{i.item_id}:lease", limits, throttle,
                                              th_key if throttle is not None else None)
 
-    def pump(self, free: int, at: int = 0) -> PumpResult:
+    def pump(self, free: int, at: int = 0, replay_free: int | None = None) -> PumpResult:
         r = pump(self.ready, self.tickets, free=free, fair=self.fair, concurrency=self.cc,
-                 throttle_state=self.gcra.get, now_ms=NOW + at, lease_ms=self.lease_ms, weights=self.weights)
+                 throttle_state=self.gcra.get, now_ms=NOW + at, lease_ms=self.lease_ms, weights=self.weights,
+                 replay_free=replay_free)
         self.fair, self.cc = r.fair, r.concurrency
         self.gcra.update(r.throttle_puts)
         for rel in r.released:
@@ -480,3 +488,56 @@ def test_keys_of_several_functions_share_fairly() -> None:
     for _ in range(50):
         released += [rel.path[1] for rel in w.pump(4).released]
     assert Counter(released) == {"f": 100, "g": 100}  # functions share equally, however many keys
+
+
+# -- a replay's share of the window ---------------------------------------------------------
+
+REPLAY = replay_key("r1", "")
+
+
+@pytest.mark.parametrize("window,share,in_flight,free,expected", [
+    (50, 0.8, 0, 50, 40),    # an idle window: the share
+    (50, 0.8, 40, 10, 0),    # the share is used: the 10 left are live work's
+    (50, 0.8, 35, 15, 5),
+    (50, 0.8, 0, 3, 3),      # never more than the window's free slots
+    (50, 1.0, 0, 50, 50),
+    (4, 0.1, 0, 4, 1),       # at least one slot, or a small window would never replay
+    (4, 0.1, 1, 3, 0),
+    (50, 0.8, 45, 5, 0),     # above the share (the setting was lowered): nothing until it drains
+])
+def test_replay_share_free(window: int, share: float, in_flight: int, free: int, expected: int) -> None:
+    assert replay_share_free(window, share, in_flight, free) == expected
+
+
+def test_replay_keys_are_told_from_live_keys() -> None:
+    assert is_replay_key(replay_key("r1", "user-7")) and replay_key("r1", "user-7") == "replay:r1|user-7"
+    assert not is_replay_key("user-7") and not is_replay_key("")
+
+
+@pytest.mark.parametrize("free,replay_free,live,replayed,out_live,out_replay", [
+    (10, 3, 20, 20, 7, 3),     # the replay gets its share, live work the rest
+    (10, 3, 2, 20, 2, 3),      # little live work: the window keeps the slots free for more
+    (10, 0, 20, 20, 10, 0),    # the share is used: live only
+    (10, 0, 0, 20, 0, 0),      # a replay alone never goes past its share
+    (10, None, 0, 20, 0, 10),  # no cap: the replay takes the free slots
+    (10, 10, 20, 20, 5, 5),    # a share as large as the window: fair turns decide
+    (4, 9, 0, 20, 0, 4),       # the window bounds the replay too
+])
+def test_a_replay_goes_out_only_within_its_share(free: int, replay_free: int | None, live: int, replayed: int,
+                                                 out_live: int, out_replay: int) -> None:
+    w = World()
+    if live:
+        w.add("", items("live", live))
+    w.add(REPLAY, items("rep", replayed, at=-60_000))  # older: would go first by age alone
+    r = w.pump(free, replay_free=replay_free)
+    got = Counter("replay" if is_replay_key(rel.path[2]) else "live" for rel in r.released)
+    assert (got["live"], got["replay"]) == (out_live, out_replay)
+    capped = replay_free is not None and out_replay == replay_free and out_replay < replayed
+    assert r.blocked == ({path(REPLAY): "window_full"} if capped else {})
+    # the window is full only when something eligible is left beyond it: a capped replay is not
+    assert r.window_full is (out_live + out_replay == free and (live > out_live or (not capped and replayed > out_replay)))
+
+
+def test_negative_replay_free_is_rejected() -> None:
+    with pytest.raises(ValueError, match="replay_free"):
+        World().pump(3, replay_free=-1)
