@@ -30,6 +30,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="B4's tenant model: keys of one function of one app (default) or separate apps")
     parser.add_argument("--allow-collisions", action="store_true",
                         help="B4 --tenants apps: keep the first quiet app ids even if they share M's partitions")
+    parser.add_argument("--pace", type=float, default=None,
+                        help="REPLAY: the replay's pace, events/s (default: as fast as it is absorbed)")
     parser.add_argument("--keep-logs", action="store_true",
                         help="copy the processor log to ./bench-<ID>-processor.log before cleaning up")
     args = parser.parse_args(argv)
@@ -43,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         "tenants": args.tenants,
         "allow_collisions": args.allow_collisions or None,
         "keep_logs": args.keep_logs,
+        "pace": args.pace,
     }
     try:
         fn = getattr(importlib.import_module(module_name), fn_name)

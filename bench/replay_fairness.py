@@ -168,7 +168,7 @@ def _stats_decode(value: bytes) -> Any:
 
 
 def main(quick: bool = False, duration: float | None = None, partitions: int | None = None,
-         keep_logs: bool = False, **_: Any) -> list[dict[str, Any]]:
+         keep_logs: bool = False, pace: float | None = None, **_: Any) -> list[dict[str, Any]]:
     n = 5_000 if quick else 20_000
     baseline_s = duration if duration is not None else (5.0 if quick else 10.0)
     parts = 1 if partitions is None else partitions
@@ -250,7 +250,7 @@ def main(quick: bool = False, duration: float | None = None, partitions: int | N
         producer = SyncProducer(settings.bootstrap_servers)
         key = replay_key(replay_id)
         spec = ReplaySpec(replay_id=replay_id, app_id=ds.app_id, functions=[FUNCTION_ID], ranges=ranges,
-                          created_at=int(time.time() * 1000))
+                          created_at=int(time.time() * 1000), pace_per_s=pace)
         read_done_at: list[float] = []
 
         def watch_progress() -> None:  # when the replay finished reading (its record says done)
@@ -302,7 +302,8 @@ def main(quick: bool = False, duration: float | None = None, partitions: int | N
 
         # -- report ---------------------------------------------------------------------------
         print()
-        print(f"REPLAY live start latency, ms (1 event/s; replay of {n:,} history events through '{FUNCTION_ID}')")
+        paced = f", paced at {pace:g} events/s" if pace else ""
+        print(f"REPLAY live start latency, ms (1 event/s; replay of {n:,} history events through '{FUNCTION_ID}'{paced})")
         rows = [["idle baseline", str(base["n"]), fmt_ms(base["p50"], 0), fmt_ms(base["p95"], 0),
                  fmt_ms(base["p99"], 0), fmt_ms(base["max"], 0), str(base_missing)],
                 ["during replay", str(live["n"]), fmt_ms(live["p50"], 0), fmt_ms(live["p95"], 0),
@@ -337,7 +338,7 @@ def main(quick: bool = False, duration: float | None = None, partitions: int | N
             return {"n": d["n"], "p50_ms": d["p50"], "p95_ms": d["p95"], "p99_ms": d["p99"], "max_ms": d["max"]}
 
         result = {
-            "bench": "REPLAY", "events": n, "p50_ms": live["p50"], "p99_ms": live["p99"],
+            "bench": "REPLAY", "events": n, "pace_per_s": pace, "p50_ms": live["p50"], "p99_ms": live["p99"],
             "baseline": {**lat_fields(base), "missing": base_missing},
             "during_replay": {**lat_fields(live), "missing": live_missing},
             "split": {k: {**lat_fields(d), "missing": m} for k, (d, m) in split.items()},
