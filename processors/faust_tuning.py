@@ -24,6 +24,12 @@ commits, so the records fetched during the seek were dropped (:func:`_resume_wit
 and its commit takes the first run of acked offsets even when it starts one past the
 committed offset (:func:`_new_offset`). A commit held back that way for ``STALL_S`` reads the
 partition again from the committed offset (:func:`_held_back`).
+
+Two delays kept a quiet partition's records from the agents while the processor was busy
+(B4): faust's conveyor spent four tasks and two or three event-loop turns on each record it
+handed over (:func:`_wait_first_eager` runs the hand-over at once when it need not wait), and
+aiokafka held every partition's next fetch for 0.1 s while a paused partition kept fetched
+records (:data:`PREFETCH_BACKOFF_S`).
 """
 
 from __future__ import annotations
@@ -224,4 +230,3 @@ def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     mode_queues.FlowControlEvent.resume = _resume_without_clearing  # type: ignore[method-assign]
     faust_consumer.Consumer.wait_first = _wait_first_eager  # type: ignore[method-assign]
-
