@@ -13,7 +13,9 @@ cancels) takes every other turn while there is new work, so a burst of triggers 
 hold back the results that free the window ("finish what you started"). New work goes into
 lanes named by the caller (``processors/intake_lanes.py``: one per concurrency key of a
 function, one per replay, ...) that take turns among themselves, so one key's burst of
-triggers does not hold back another key's trigger either. Each lane keeps offset order;
+triggers does not hold back another key's trigger either. Lanes the caller marks as
+background (a replay's) are served only when no other lane of new work has records: a
+replay's chunk waits behind live work, never live work behind it. Each lane keeps offset order;
 records are handled out of offset order across lanes, so the caller acks them in offset
 order through ``processors/ordered_acks.py`` (faust's commit can pass a record not acked).
 
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Generic, Hashable, TypeVar
+from typing import Callable, Generic, Hashable, TypeVar
 
 P = TypeVar("P", bound=Hashable)
 R = TypeVar("R")
@@ -37,15 +39,22 @@ DEFAULT_CAP = 64  # records queued per partition before its fetching pauses (and
 RESULTS = None  # the lane of results of started runs; any other hashable names a lane of new work
 
 
+def _never(_lane: Hashable) -> bool:
+    return False
+
+
 class _Lanes(Generic[R]):
-    """One partition's records: the results lane, and lanes of new work taking turns."""
+    """One partition's records: the results lane, and lanes of new work taking turns
+    (background lanes only when no other has records)."""
 
-    __slots__ = ("first", "rest", "turns", "n", "results_turn")
+    __slots__ = ("first", "rest", "turns", "later", "background", "n", "results_turn")
 
-    def __init__(self) -> None:
+    def __init__(self, background: Callable[[Hashable], bool] = _never) -> None:
         self.first: deque[R] = deque()
         self.rest: dict[Hashable, deque[R]] = {}
         self.turns: deque[Hashable] = deque()  # lanes of new work with records, next first
+        self.later: deque[Hashable] = deque()  # background lanes with records, next first
+        self.background = background
         self.n = 0
         self.results_turn = True
 
@@ -60,20 +69,21 @@ class _Lanes(Generic[R]):
         q = self.rest.get(lane)
         if q is None:
             q = self.rest[lane] = deque()
-            self.turns.append(lane)
+            (self.later if self.background(lane) else self.turns).append(lane)
         q.append(record)
 
     def take(self) -> R:
         self.n -= 1
-        if self.first and (self.results_turn or not self.turns):
+        if self.first and (self.results_turn or not (self.turns or self.later)):
             self.results_turn = False
             return self.first.popleft()
         self.results_turn = True
-        lane = self.turns.popleft()
+        turns = self.turns or self.later
+        lane = turns.popleft()
         q = self.rest[lane]
         record = q.popleft()
         if q:
-            self.turns.append(lane)
+            turns.append(lane)
         else:
             del self.rest[lane]
         return record
@@ -82,6 +92,7 @@ class _Lanes(Generic[R]):
 @dataclass
 class FairIntake(Generic[P, R]):
     cap: int = DEFAULT_CAP
+    background: Callable[[Hashable], bool] = _never  # lanes of new work served only when no other has records
     queues: dict[P, _Lanes[R]] = field(default_factory=dict)
     turns: deque[P] = field(default_factory=deque)  # partitions with queued records, next first
     paused: set[P] = field(default_factory=set)
@@ -99,7 +110,7 @@ class FairIntake(Generic[P, R]):
         at or over the cap: something else may have resumed it, and pausing is idempotent)."""
         q = self.queues.get(partition)
         if q is None:
-            q = self.queues[partition] = _Lanes()
+            q = self.queues[partition] = _Lanes(self.background)
         if not q:
             self.turns.append(partition)
         q.put(lane, record)

@@ -68,7 +68,7 @@ from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
 from .ordered_acks import OrderedAcks, Tracked
-from .intake_lanes import command_lane
+from .intake_lanes import command_lane, is_background
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
@@ -228,11 +228,12 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
 
     async def _in_turns(self, stream: faust.StreamT, name: str, handle: Callable[[EventT, Any], Awaitable[None]],
                         paused_topic: str,
-                        classify: Callable[[EventT], tuple[Any, Hashable]] = lambda _e: (None, "")) -> None:
+                        classify: Callable[[EventT], tuple[Any, Hashable]] = lambda _e: (None, ""),
+                        background: Callable[[Hashable], bool] = lambda _lane: False) -> None:
         """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
         into its partition's queue as soon as faust delivers it (``classify`` decodes it and
-        names its lane within the partition); a task handles one record of each partition in
-        turn. Acks go to faust in offset order only (``processors/ordered_acks.py``), so a
+        names its lane within the partition; ``background`` lanes wait for the others); a task
+        handles one record of each partition in turn. Acks go to faust in offset order only (``processors/ordered_acks.py``), so a
         commit never passes a record not handled, or one whose outputs are not in the
         producer yet. A partition with too much queued stops being fetched from
         ``paused_topic`` (its new work; results are bounded by the window).
@@ -240,7 +241,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         When a rebalance revokes partitions, faust suspends its flow, clears its own queues
         (``flow_control.clear()``) and later reads again from the last commit; the intake is
         cleared with them, its records never acked."""
-        intake: FairIntake[int, tuple[Tracked[TP, EventT], Any]] = FairIntake()
+        intake: FairIntake[int, tuple[Tracked[TP, EventT], Any]] = FairIntake(background=background)
         acks: OrderedAcks[TP, EventT] = OrderedAcks()
         ready = asyncio.Event()
         consumer = self.app.consumer
@@ -390,7 +391,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
         results = self.settings.results_topic
         await self._in_turns(stream, "functions", self._function_record, self.settings.commands_topic,
-                             lambda event: classify_command(event, results))
+                             lambda event: classify_command(event, results), is_background)
 
     async def _function_record(self, event: EventT, cmd: AnyCommand | None) -> None:
         if cmd is None:

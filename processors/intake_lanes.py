@@ -13,7 +13,8 @@ choice of lane is the choice of what may overtake what:
   dispatcher orders runs by their backlog anyway.
 * ``("fn", app, function)`` — triggers of a function whose flow control depends on their
   order, with its debounce, batch and cron timers: one lane, offset order.
-* ``("replay", id)`` — a replay's triggers and the mark that follows each chunk of them.
+* ``("replay", id)`` — a replay's triggers and the mark that follows each chunk of them: a
+  background lane (:func:`is_background`), served only when no live trigger waits.
 * ``("control",)`` — everything else (bulk cancellations, reruns, replay control), in order.
 """
 
@@ -34,6 +35,11 @@ def order_sensitive(fn: FunctionDefinition) -> bool:
     flow = fn.flow
     return flow is not None and any(x is not None for x in (
         flow.rate_limit, flow.debounce, flow.batch, flow.idempotency, flow.singleton))
+
+
+def is_background(lane: Hashable) -> bool:
+    """A replay's lane: its chunk waits behind live new work of the partition."""
+    return isinstance(lane, tuple) and len(lane) == 2 and lane[0] == "replay"
 
 
 def command_lane(cmd: AnyCommand | None, from_results: bool = False) -> Hashable:

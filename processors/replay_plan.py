@@ -36,6 +36,7 @@ from ..wire import EventRecord, FunctionDefinition, ReplaySpec, Trigger
 from .routing import run_id_for
 
 CHUNK_EVENTS = 25           # events read per chunk: at most this many replayed triggers wait ahead of live work
+PACE_TICK_MS = 100          # a paced replay reads a chunk about this often (pace × tick events, at least 1)
 CONTROL_PREFIX = b'{"control":'
 RETRY_STATUSES = ["failed", "cancelled"]
 
@@ -49,7 +50,8 @@ class ReplayState(BaseModel):
     seq: int = 0
     awaiting: list[int] = Field(default_factory=list, description=(
         "function partitions yet to absorb the last chunk (each answers with a ReplayAck)"))
-    pause_ms: int = Field(0, description="the pace's wait before the next chunk, once the last one is absorbed")
+    next_chunk_at: int = Field(0, description=(
+        "with a pace: the earliest time (ms) of the next chunk, counted from when this one was read"))
     events_read: int = 0
     runs_created: int = 0
     skipped: int = Field(0, description="events of the range that start no run (other app, no function, if_exp)")
@@ -170,9 +172,27 @@ def apply_chunk(state: ReplayState, records: Iterable[tuple[int, int, bytes | No
     return out
 
 
-def next_delay_ms(state: ReplayState, events_in_chunk: int) -> int:
-    """How long to wait before the next chunk to keep to ``pace_per_s`` (0: go on at once)."""
+def chunk_events(state: ReplayState) -> int:
+    """How many events the next chunk reads: ``CHUNK_EVENTS``, or with a pace one tick's
+    worth (``pace × PACE_TICK_MS``, at least 1), so a paced replay's triggers arrive spread
+    out in small chunks instead of one burst per ``CHUNK_EVENTS`` events."""
+    pace = state.spec.pace_per_s
+    if not pace:
+        return CHUNK_EVENTS
+    return max(1, min(CHUNK_EVENTS, int(pace * PACE_TICK_MS / 1000)))
+
+
+def pace_due(state: ReplayState, events_in_chunk: int, read_at: int) -> int:
+    """When (ms) the chunk after one of ``events_in_chunk`` events read at ``read_at`` may be
+    read to keep to ``pace_per_s`` (0: no pace, or nothing read)."""
     pace = state.spec.pace_per_s
     if not pace or events_in_chunk <= 0:
         return 0
-    return int(events_in_chunk * 1000 / pace)
+    return read_at + int(events_in_chunk * 1000 / pace)
+
+
+def next_delay_ms(state: ReplayState, now: int) -> int:
+    """How long to wait, at ``now`` (the last chunk absorbed), before reading the next chunk
+    (0: at once). The pace counts from when the last chunk was read, so the time the
+    partitions took to absorb it is part of the wait, not added to it."""
+    return max(0, state.next_chunk_at - now)

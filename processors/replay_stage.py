@@ -28,7 +28,7 @@ from ..settings import Settings
 from ..state.codecs import timer_key
 from ..wire import (EventRecord, FunctionDefinition, ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart,
                     ReplayTally, Trigger)
-from .replay_plan import CHUNK_EVENTS, ReplayState, apply_chunk, begin, next_delay_ms, pending_ranges
+from .replay_plan import ReplayState, apply_chunk, begin, chunk_events, next_delay_ms, pace_due, pending_ranges
 from .routing import TriggerIndex
 
 log = logging.getLogger("sluicegate.replay")
@@ -163,9 +163,8 @@ class ReplayStage:
         reader = self._replay_readers.get(replay_id)
         if reader is None:
             reader = self._replay_readers[replay_id] = _Reader(self.settings)
-        limit = CHUNK_EVENTS if not state.spec.pace_per_s else max(1, min(CHUNK_EVENTS, int(state.spec.pace_per_s)))
         loop = asyncio.get_running_loop()
-        records, reached = await loop.run_in_executor(None, reader.read, pending_ranges(state), limit)
+        records, reached = await loop.run_in_executor(None, reader.read, pending_ranges(state), chunk_events(state))
         chunk = apply_chunk(state, records, self._matching, int(time.time() * 1000), reached)
         marks: dict[int, str] = {}
         for trig in chunk.triggers:
@@ -174,18 +173,19 @@ class ReplayStage:
             marks[target] = key
             await self._send(self.settings.commands_topic, key, trig.dumps(), target)
         new = chunk.state
+        new.next_chunk_at = pace_due(new, len(records), now)
         if chunk.done:
             log.info("replay %s done: %d event(s) read, %d run(s) created", replay_id, new.events_read,
                      new.runs_created)
         elif marks:
             # backpressure: the next chunk waits until every partition absorbed this one
-            new.awaiting, new.pause_ms = sorted(marks), next_delay_ms(new, len(records))
+            new.awaiting = sorted(marks)
             mark = ReplayMark(replay_id=replay_id, seq=new.seq).dumps()
             for target, key in marks.items():
                 await self._send(self.settings.commands_topic, key, mark, target)
         await self._save_replay(new)
         if not chunk.done and not marks:
-            await self._continue_replay(new, partition, next_delay_ms(new, len(records)))
+            await self._continue_replay(new, partition, next_delay_ms(new, int(time.time() * 1000)))
 
     async def _on_replay_flow(self, cmd: ReplayMark | ReplayAck, partition: int) -> None:
         """A chunk's mark reached a function partition (answer its replay), or the answer
@@ -202,7 +202,7 @@ class ReplayStage:
         state.updated_at = int(time.time() * 1000)
         await self._save_replay(state)
         if not state.awaiting:
-            await self._continue_replay(state, partition, state.pause_ms)
+            await self._continue_replay(state, partition, next_delay_ms(state, state.updated_at))
 
     def _matching(self, event: EventRecord) -> list[FunctionDefinition]:
         return self.index.match(event)

@@ -107,6 +107,52 @@ def test_lanes_within_a_partition(puts: list[tuple[str, str, object]], order: li
     assert drain(intake) == order
 
 
+BG = ("replay", "rp1")
+
+
+@pytest.mark.parametrize(("puts", "order"), [
+    pytest.param([("m", "r1", BG), ("m", "r2", BG), ("m", "t1", "live")], ["t1", "r1", "r2"],
+                 id="live-trigger-passes-a-queued-replay-chunk"),
+    pytest.param([("m", "r1", BG), ("m", "o1", None), ("m", "o2", None), ("m", "t1", "live")],
+                 ["o1", "t1", "o2", "r1"], id="results-still-alternate-with-live-work"),
+    pytest.param([("m", "r1", BG), ("m", "r2", BG), ("m", "o1", None), ("m", "o2", None)],
+                 ["o1", "r1", "o2", "r2"], id="with-no-live-work-a-replay-alternates-with-results"),
+    pytest.param([("m", "r1", BG), ("m", "s1", ("replay", "rp2")), ("m", "r2", BG)], ["r1", "s1", "r2"],
+                 id="background-lanes-take-turns-among-themselves"),
+    pytest.param([("m", "r1", BG), ("q", "t9", "live")], ["r1", "t9"],
+                 id="background-is-within-a-partition-not-across"),
+])
+def test_background_lanes_wait_for_the_other_lanes_of_new_work(puts: list[tuple[str, str, object]],
+                                                               order: list[str]) -> None:
+    from sluicegate.processors.intake_lanes import is_background
+
+    intake: FairIntake[str, str] = FairIntake(cap=100, background=is_background)
+    for p, r, lane in puts:
+        intake.put(p, r, lane)
+    assert drain(intake) == order
+
+
+def test_a_live_trigger_put_while_a_replay_chunk_is_taken_goes_next() -> None:
+    from sluicegate.processors.intake_lanes import is_background
+
+    intake: FairIntake[str, str] = FairIntake(cap=100, background=is_background)
+    for r in ("r1", "r2", "r3"):
+        intake.put("m", r, BG)
+    assert intake.take() == ("r1", None)
+    intake.put("m", "t1", ("key", "a", "f", ""))
+    assert drain(intake) == ["t1", "r2", "r3"]
+
+
+@pytest.mark.parametrize(("lane", "background"), [
+    (("replay", "rp1"), True), (("key", "a", "f", ""), False), (("fn", "a", "f"), False), (("control",), False),
+    (None, False), ("", False), ("replay", False),
+])
+def test_only_a_replays_lane_is_background(lane: object, background: bool) -> None:
+    from sluicegate.processors.intake_lanes import is_background
+
+    assert is_background(lane) is background  # type: ignore[arg-type]
+
+
 def test_the_cap_counts_every_lane() -> None:
     intake: FairIntake[str, str] = FairIntake(cap=3)
     assert intake.put("m", "t1") is None and intake.put("m", "o1", None) is None

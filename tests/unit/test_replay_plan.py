@@ -6,7 +6,8 @@ from typing import Any
 
 import pytest
 
-from sluicegate.processors.replay_plan import (CHUNK_EVENTS, apply_chunk, begin, next_delay_ms, pending_ranges,
+from sluicegate.processors.replay_plan import (CHUNK_EVENTS, apply_chunk, begin, chunk_events, next_delay_ms, pace_due,
+                                               pending_ranges,
                                                replay_run_id, triggers_for_event)
 from sluicegate.processors.routing import TriggerIndex, run_id_for
 from sluicegate.processors.run_decisions import Dispatch, rerun
@@ -108,11 +109,40 @@ def test_progress_counts_originals_that_did_not_fail_as_skipped() -> None:
     assert (p["events_read"], p["runs_created"], p["skipped"], p["status"]) == (2, 1, 3, "running")
 
 
-@pytest.mark.parametrize(("pace", "events", "delay"), [
-    (None, CHUNK_EVENTS, 0), (100.0, 100, 1000), (50.0, 100, 2000), (1000.0, 0, 0), (3.0, 1, 333),
+@pytest.mark.parametrize(("pace", "events", "due"), [
+    (None, CHUNK_EVENTS, 0),       # no pace: no wait
+    (100.0, 10, NOW + 100),        # 10 events at 100/s: the next chunk 100 ms after this one was read
+    (50.0, 100, NOW + 2000),
+    (1000.0, 0, 0),                # nothing read (the range is empty): no wait
+    (3.0, 1, NOW + 333),
 ])
-def test_pace(pace: float | None, events: int, delay: int) -> None:
-    assert next_delay_ms(begin(spec(pace_per_s=pace), NOW), events) == delay
+def test_a_paced_chunk_sets_when_the_next_may_be_read(pace: float | None, events: int, due: int) -> None:
+    assert pace_due(begin(spec(pace_per_s=pace), NOW), events, NOW) == due
+
+
+@pytest.mark.parametrize(("due", "absorbed_at", "delay"), [
+    (0, NOW, 0),                   # no pace
+    (NOW + 100, NOW + 30, 70),     # absorbing the chunk took 30 ms of the 100: wait the rest
+    (NOW + 100, NOW + 100, 0),
+    (NOW + 100, NOW + 250, 0),     # absorbing took longer than the pace allows: at once, never negative
+])
+def test_the_wait_for_the_next_chunk_counts_the_time_taken_to_absorb_the_last(due: int, absorbed_at: int,
+                                                                              delay: int) -> None:
+    state = begin(spec(pace_per_s=100.0), NOW)
+    state.next_chunk_at = due
+    assert next_delay_ms(state, absorbed_at) == delay
+
+
+@pytest.mark.parametrize(("pace", "events"), [
+    (None, CHUNK_EVENTS),          # unpaced: whole chunks
+    (1000.0, CHUNK_EVENTS),        # 100 per tick, capped at a whole chunk
+    (100.0, 10),                   # one tick (100 ms) of events
+    (55.0, 5),
+    (5.0, 1),                      # less than one event per tick: one event at a time
+    (0.5, 1),
+])
+def test_a_paced_replay_reads_a_tick_of_events_per_chunk(pace: float | None, events: int) -> None:
+    assert chunk_events(begin(spec(pace_per_s=pace), NOW)) == events
 
 
 # -- rerun --------------------------------------------------------------------------------------
