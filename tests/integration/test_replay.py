@@ -314,3 +314,52 @@ def test_a_cancelled_replay_stops_reading(engine_cleanup: "Engine") -> None:
     time.sleep(2.0)  # at 5 events/s, a replay still reading would have moved on by now
     after = engine.http.get(f"/v1/replays/{replay_id}").json()
     assert after["status"] == "cancelled" and after["events_read"] == final["events_read"] < 40
+
+
+def test_a_paced_replay_reads_no_faster_than_its_pace(engine_cleanup: "Engine") -> None:
+    """``pace`` is a rate limit on events read: at every moment the replay has read at most
+    pace × elapsed + one tick's chunk (processors/replay_plan.py ``chunk_events``)."""
+    engine = engine_cleanup
+    sg = engine.app("replay-pace")
+    seen: Counter[int] = Counter()
+    lock = threading.Lock()
+
+    @sg.function(id="count", trigger=TriggerEvent(event="tick"))
+    def count(ctx: Any, step: Any) -> None:
+        n = int(ctx.event["data"]["n"])
+
+        def note() -> None:
+            with lock:
+                seen[n] += 1
+
+        step.run("note", note)
+
+    engine.start_worker(sg)
+    since = int(time.time() * 1000) - 1
+    ids = sg.send([{"name": "tick", "data": {"n": n}} for n in range(60)])
+    engine.wait_run(ids[-1])
+    _wait(lambda: len(seen) == 60, 30, "the original runs")
+    pace, chunk = 20, 2  # 20 events/s: a chunk of 2 every 100 ms
+    posted = time.monotonic()
+    r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "pace": pace})
+    assert r.status_code == 202, r.text
+    replay_id = r.json()["id"]
+    samples: list[tuple[float, int]] = []
+    final: dict[str, Any] = {}
+
+    def done() -> bool:
+        got = engine.http.get(f"/v1/replays/{replay_id}")
+        if got.status_code != 200:
+            return False
+        body = got.json()
+        samples.append((time.monotonic() - posted, int(body["events_read"])))
+        final.update(body)
+        return body["status"] == "done"
+
+    _wait(done, 60, "the paced replay", interval=0.05)
+    took = samples[-1][0]
+    assert final["runs_created"] == 60 and samples[-1][1] >= 60, final
+    over = [(round(t, 2), n) for t, n in samples if n > pace * t + chunk]
+    assert not over, f"read ahead of the pace at {over}"
+    assert took >= (60 - chunk) / pace, took
+    _wait(lambda: all(seen[n] == 2 for n in range(60)), 30, "every event's replayed run")
