@@ -36,7 +36,7 @@ from ..wire import EventRecord, FunctionDefinition, ReplaySpec, Trigger
 from .routing import run_id_for
 
 CHUNK_EVENTS = 25           # events read per chunk: at most this many replayed triggers wait ahead of live work
-PACE_TICK_MS = 100          # a paced replay reads a chunk about this often (pace × tick events, at least 1)
+PACE_TICK_MS = 250          # a paced replay reads a chunk about this often (pace × tick events, at least 1)
 CONTROL_PREFIX = b'{"control":'
 RETRY_STATUSES = ["failed", "cancelled"]
 
@@ -184,11 +184,18 @@ def chunk_events(state: ReplayState) -> int:
 
 def pace_due(state: ReplayState, events_in_chunk: int, read_at: int) -> int:
     """When (ms) the chunk after one of ``events_in_chunk`` events read at ``read_at`` may be
-    read to keep to ``pace_per_s`` (0: no pace, or nothing read)."""
+    read to keep to ``pace_per_s`` (0: no pace, or nothing read).
+
+    Counted from when this chunk was due (``state.next_chunk_at``), not from when it was
+    read, so the lateness of each read (the 20 ms timer tick, the absorbing) does not add up
+    and the replay keeps its pace; a chunk read more than a tick late (a stall, a restart)
+    counts from ``read_at`` instead, so the replay never bursts to catch up."""
     pace = state.spec.pace_per_s
     if not pace or events_in_chunk <= 0:
         return 0
-    return read_at + int(events_in_chunk * 1000 / pace)
+    due = state.next_chunk_at
+    base = due if 0 < due <= read_at <= due + PACE_TICK_MS else read_at
+    return base + int(events_in_chunk * 1000 / pace)
 
 
 def next_delay_ms(state: ReplayState, now: int) -> int:

@@ -339,7 +339,7 @@ def test_a_paced_replay_reads_no_faster_than_its_pace(engine_cleanup: "Engine") 
     ids = sg.send([{"name": "tick", "data": {"n": n}} for n in range(60)])
     engine.wait_run(ids[-1])
     _wait(lambda: len(seen) == 60, 30, "the original runs")
-    pace, chunk = 20, 2  # 20 events/s: a chunk of 2 every 100 ms
+    pace, chunk = 20, 5  # 20 events/s: a chunk of 5 every 250 ms
     posted = time.monotonic()
     r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "pace": pace})
     assert r.status_code == 202, r.text

@@ -109,22 +109,29 @@ def test_progress_counts_originals_that_did_not_fail_as_skipped() -> None:
     assert (p["events_read"], p["runs_created"], p["skipped"], p["status"]) == (2, 1, 3, "running")
 
 
-@pytest.mark.parametrize(("pace", "events", "due"), [
-    (None, CHUNK_EVENTS, 0),       # no pace: no wait
-    (100.0, 10, NOW + 100),        # 10 events at 100/s: the next chunk 100 ms after this one was read
-    (50.0, 100, NOW + 2000),
-    (1000.0, 0, 0),                # nothing read (the range is empty): no wait
-    (3.0, 1, NOW + 333),
+@pytest.mark.parametrize(("pace", "events", "last_due", "read_at", "due"), [
+    (None, CHUNK_EVENTS, 0, NOW, 0),                 # no pace: no wait
+    (100.0, 25, 0, NOW, NOW + 250),                  # the first chunk: 25 events at 100/s, the next 250 ms on
+    (50.0, 100, 0, NOW, NOW + 2000),
+    (1000.0, 0, 0, NOW, 0),                          # nothing read (the range is empty): no wait
+    (3.0, 1, 0, NOW, NOW + 333),
+    (100.0, 25, NOW - 15, NOW, NOW + 235),           # read 15 ms late: the lateness does not add up
+    (100.0, 25, NOW - 250, NOW, NOW),                # read a whole tick late: the next is due at once
+    (100.0, 25, NOW - 251, NOW, NOW + 250),          # later than a tick (a stall): no burst to catch up
+    (100.0, 25, NOW + 50, NOW, NOW + 250),           # read early (a repeated continue): from the read
 ])
-def test_a_paced_chunk_sets_when_the_next_may_be_read(pace: float | None, events: int, due: int) -> None:
-    assert pace_due(begin(spec(pace_per_s=pace), NOW), events, NOW) == due
+def test_a_paced_chunk_sets_when_the_next_may_be_read(pace: float | None, events: int, last_due: int, read_at: int,
+                                                      due: int) -> None:
+    state = begin(spec(pace_per_s=pace), NOW)
+    state.next_chunk_at = last_due
+    assert pace_due(state, events, read_at) == due
 
 
 @pytest.mark.parametrize(("due", "absorbed_at", "delay"), [
     (0, NOW, 0),                   # no pace
-    (NOW + 100, NOW + 30, 70),     # absorbing the chunk took 30 ms of the 100: wait the rest
-    (NOW + 100, NOW + 100, 0),
-    (NOW + 100, NOW + 250, 0),     # absorbing took longer than the pace allows: at once, never negative
+    (NOW + 250, NOW + 30, 220),    # absorbing the chunk took 30 ms of the 250: wait the rest
+    (NOW + 250, NOW + 250, 0),
+    (NOW + 250, NOW + 400, 0),     # absorbing took longer than the pace allows: at once, never negative
 ])
 def test_the_wait_for_the_next_chunk_counts_the_time_taken_to_absorb_the_last(due: int, absorbed_at: int,
                                                                               delay: int) -> None:
@@ -135,10 +142,11 @@ def test_the_wait_for_the_next_chunk_counts_the_time_taken_to_absorb_the_last(du
 
 @pytest.mark.parametrize(("pace", "events"), [
     (None, CHUNK_EVENTS),          # unpaced: whole chunks
-    (1000.0, CHUNK_EVENTS),        # 100 per tick, capped at a whole chunk
-    (100.0, 10),                   # one tick (100 ms) of events
-    (55.0, 5),
-    (5.0, 1),                      # less than one event per tick: one event at a time
+    (1000.0, CHUNK_EVENTS),        # 250 per tick, capped at a whole chunk
+    (100.0, 25),                   # one tick (250 ms) of events
+    (40.0, 10),
+    (20.0, 5),
+    (3.0, 1),                      # less than one event per tick: one event at a time
     (0.5, 1),
 ])
 def test_a_paced_replay_reads_a_tick_of_events_per_chunk(pace: float | None, events: int) -> None:
