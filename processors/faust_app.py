@@ -233,9 +233,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         """Run an agent over ``processors/fair_intake.py``: this coroutine moves each record
         into its partition's queue as soon as faust delivers it (``classify`` decodes it and
         names its lane within the partition; ``background`` lanes wait for the others); a task
-        handles one record of each partition in turn. Acks go to faust in offset order only (``processors/ordered_acks.py``), so a
-        commit never passes a record not handled, or one whose outputs are not in the
-        producer yet. A partition with too much queued stops being fetched from
+        handles one record of each partition in turn. Acks go to faust in offset order only
+        (``processors/ordered_acks.py``), so a commit never passes a record not handled, or
+        one whose outputs are not in the producer yet. A partition with too much queued stops being fetched from
         ``paused_topic`` (its new work; results are bounded by the window).
 
         When a rebalance revokes partitions, faust suspends its flow, clears its own queues

@@ -51,7 +51,7 @@ class ReplayState(BaseModel):
     awaiting: list[int] = Field(default_factory=list, description=(
         "function partitions yet to absorb the last chunk (each answers with a ReplayAck)"))
     next_chunk_at: int = Field(0, description=(
-        "with a pace: the earliest time (ms) of the next chunk, counted from when this one was read"))
+        "with a pace: the earliest time (ms) of the next chunk, counted from when this one was due"))
     events_read: int = 0
     runs_created: int = 0
     skipped: int = Field(0, description="events of the range that start no run (other app, no function, if_exp)")
@@ -200,6 +200,6 @@ def pace_due(state: ReplayState, events_in_chunk: int, read_at: int) -> int:
 
 def next_delay_ms(state: ReplayState, now: int) -> int:
     """How long to wait, at ``now`` (the last chunk absorbed), before reading the next chunk
-    (0: at once). The pace counts from when the last chunk was read, so the time the
-    partitions took to absorb it is part of the wait, not added to it."""
+    (0: at once). The pace counts from when the last chunk was due (:func:`pace_due`), so
+    the time the partitions took to absorb it is part of the wait, not added to it."""
     return max(0, state.next_chunk_at - now)
