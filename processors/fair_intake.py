@@ -104,6 +104,9 @@ class FairIntake(Generic[P, R]):
     def __len__(self) -> int:
         return sum(len(q) for q in self.queues.values())
 
+    def __bool__(self) -> bool:
+        return bool(self.turns)  # a partition is in turn while it has records queued
+
     def put(self, partition: P, record: R, lane: Hashable = "") -> P | None:
         """Queue a record in one of the partition's lanes (``RESULTS``, or a lane of new
         work); returns the partition while its fetching should be paused (every time it is

@@ -174,6 +174,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._stats_at = 0
         self._gc_frozen = False
         self._stats_sent: dict[str, bytes] = {}
+        self._backlogged: dict[str, bool] = {}  # per agent: records wait in its intake
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
         self._intake_clearers: list[_ClearWith] = []
@@ -280,6 +281,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                     event = entry.record
                     # table writes go to the changelog partition of the record they follow from
                     faust_streams._current_event.set(weakref.ref(event))
+                    self._backlogged[name] = bool(intake)
+                    faust_tuning.linger_while_busy(self.app.producer, any(self._backlogged.values()))
                     await handle(event, payload)
                     for done in acks.handled(entry):
                         await stream.ack(done)

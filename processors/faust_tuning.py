@@ -220,6 +220,24 @@ def _resume_without_clearing(self: Any) -> None:
     self._resume.set()
 
 
+# The processor sends with linger 0: a record goes out at once, which is what an idle
+# processor wants (B1). Under load that made one produce request per few records, and with one
+# request in flight per broker the records behind it queued anyway while the socket writes
+# took ~15 % of the processor (B4, REPLAY profiles). While records wait in the intake, a
+# 2 ms linger gathers a handling's outputs and the next ones into one request: B4's drain
+# rose from ~114 to ~134 runs/s and the quiet tenants' p99 fell (5 ms raised their p50).
+BUSY_LINGER_S = 0.002
+
+
+def linger_while_busy(producer: Any, busy: bool) -> None:
+    """Set the linger of the batches the producer opens next: ``BUSY_LINGER_S`` while the
+    processor has records queued, none while it is idle. aiokafka copies the accumulator's
+    linger into each new batch; a producer not started yet (or not aiokafka's) is left alone."""
+    accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
+    if accumulator is not None:
+        accumulator._linger_time = BUSY_LINGER_S if busy else 0.0
+
+
 def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     """Idempotent; call before the faust worker starts."""
     global _wait_ms

@@ -28,9 +28,9 @@ def test_partitions_take_turns_and_keep_their_order(puts: list[tuple[str, str]],
     intake: FairIntake[str, str] = FairIntake(cap=100)
     for p, r in puts:
         intake.put(p, r)
-    assert len(intake) == len(puts)
+    assert len(intake) == len(puts) and bool(intake) == bool(puts)
     assert drain(intake) == order
-    assert len(intake) == 0 and intake.take() is None
+    assert len(intake) == 0 and not intake and intake.take() is None
 
 
 def test_a_record_put_while_others_are_taken_joins_the_turns_at_the_end() -> None:
