@@ -67,7 +67,6 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning
 from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
-from .held_views import HeldViews
 from .ordered_acks import OrderedAcks, Tracked
 from .intake_lanes import command_lane, is_background
 from .flow_stage import FlowStage
@@ -170,9 +169,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._rebalance_ticks_due = True
         self._touched: set[tuple[int, str]] = set()
         self._waiting_shown: set[str] = set()
-        self._views: dict[str, RunState] = {}  # changed by the record in hand
-        self._held_views: HeldViews[RunState] = HeldViews()  # processors/held_views.py
-        self._views_sending = asyncio.Lock()  # a run's views go out in the order they were taken
+        self._views: dict[str, RunState] = {}
         self._record_writes: dict[str, ActiveRun | None] = {}
         self._stats_at = 0
         self._gc_frozen = False
@@ -396,7 +393,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         # a record that fails stops the processor (_in_turns): faust would mark it processed
         # and move on, which loses it; a restart re-reads it from the last commit (invariant 1)
         results = self.settings.results_topic
-        faust_tuning.before_each_flush(self.app.producer, self._send_held_views)
         await self._in_turns(stream, "functions", self._function_record, self.settings.commands_topic,
                              lambda event: classify_command(event, results), is_background)
 
@@ -411,7 +407,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         await self._decide(cmd, partition, now)
         await self._refill(now)
         self._flush_records()
-        self._hold_views(partition)
+        await self._send_views(partition)
 
     async def _decide(self, cmd: AnyCommand, partition: int, now: int) -> None:
         if isinstance(cmd, DispatchTick):
@@ -567,28 +563,18 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         await self._send(self.settings.topic("stats"), f"cancellation/{cmd.cancellation_id}",
                          json.dumps(body).encode(), 0)
 
-    def _hold_views(self, partition: int) -> None:
-        """Hold the run views of this command (processors/held_views.py)."""
+    async def _send_views(self, partition: int) -> None:
+        """Publish the run views of this command, each with why it still waits, if it does."""
         views, self._views = self._views, {}
-        now = now_ms()
         for run_id, state in views.items():
-            self._held_views.hold(run_id, partition, state, now)
-
-    async def _send_held_views(self, due_at: int | None = None) -> None:
-        """Publish the held views due at ``due_at`` (every one when None: before a commit),
-        each with why its run still waits, if it does."""
-        async with self._views_sending:
-            views = self._held_views.take_all() if due_at is None else self._held_views.due(due_at)
-            for run_id, partition, state in views:
-                assert isinstance(run_id, str)
-                view = state.view()
-                view.waiting = None if state.finished else self.waiting_reason(partition, run_id)
-                if view.waiting is not None:
-                    self._waiting_shown.add(run_id)
-                else:
-                    self._waiting_shown.discard(run_id)
-                await self._send(self.settings.runs_topic, run_id, view.dumps(),
-                                 partition_for(run_id, self.settings.partitions))
+            view = state.view()
+            view.waiting = None if state.finished else self.waiting_reason(partition, run_id)
+            if view.waiting is not None:
+                self._waiting_shown.add(run_id)
+            else:
+                self._waiting_shown.discard(run_id)
+            await self._send(self.settings.runs_topic, run_id, view.dumps(),
+                             partition_for(run_id, self.settings.partitions))
 
     async def _announce_skip(self, run: RunState) -> None:
         """A ``sluicegate/run.skipped`` event (never for system events, so a function
@@ -650,8 +636,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                                      DispatchTick(at_ms=now).dumps(), tp.partition)
         else:
             await self._dispatch_due(now)
-        if self._held_views:
-            await self._send_held_views(now)
         if now - self._stats_at >= STATS_INTERVAL_MS:
             self._stats_at = now
             await self._publish_stats()

@@ -38,7 +38,6 @@ import asyncio
 import logging
 import time
 import types
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from faust.transport import consumer as faust_consumer
@@ -107,17 +106,7 @@ async def drain(buffer: Any) -> None:
                         buffer.size, DRAIN_WARN_S)
 
 
-def before_each_flush(producer: Any, hook: Callable[[], Awaitable[None]]) -> None:
-    """Have the producer's every flush (and so every commit of source offsets) first await
-    ``hook``: what the processor holds back to send in fewer records goes out before the
-    offsets of the records it follows from are committed."""
-    producer._sg_before_flush = hook
-
-
 async def _flush(self: Any) -> None:
-    hook = getattr(self, "_sg_before_flush", None)
-    if hook is not None:
-        await hook()
     await drain(self.buffer)
     if self._producer is not None:
         await self._producer.flush()

@@ -74,29 +74,3 @@ def test_linger_while_busy_leaves_a_producer_without_an_aiokafka_client_alone() 
     faust_tuning.linger_while_busy(not_started, True)
     faust_tuning.linger_while_busy(object(), False)
     assert not_started._producer is None
-
-
-def test_a_flush_sends_what_is_held_before_it_waits_for_the_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
-    order: list[str] = []
-
-    class Buffer:
-        size = 0
-
-    class Client:
-        async def flush(self) -> None:
-            order.append("aiokafka flush")
-
-    async def drain(buffer: Any) -> None:
-        order.append("drain")
-
-    async def send_held() -> None:
-        order.append("held views sent")
-
-    monkeypatch.setattr(faust_tuning, "drain", drain)
-    producer = SimpleNamespace(buffer=Buffer(), _producer=Client(), _transaction_producers={})
-    asyncio.run(faust_tuning._flush(producer))
-    assert order == ["drain", "aiokafka flush"]  # no hook: a plain flush
-    order.clear()
-    faust_tuning.before_each_flush(producer, send_held)
-    asyncio.run(faust_tuning._flush(producer))
-    assert order == ["held views sent", "drain", "aiokafka flush"]
