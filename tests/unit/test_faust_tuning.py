@@ -74,3 +74,56 @@ def test_linger_while_busy_leaves_a_producer_without_an_aiokafka_client_alone() 
     faust_tuning.linger_while_busy(not_started, True)
     faust_tuning.linger_while_busy(object(), False)
     assert not_started._producer is None
+
+
+def test_a_stream_yields_to_the_loop_once_every_stream_yield_every_records() -> None:
+    turns = 0
+    n = faust_tuning.STREAM_YIELD_EVERY * 4
+
+    async def other_task() -> None:
+        nonlocal turns
+        while True:
+            turns += 1
+            await asyncio.sleep(0)
+
+    async def read_queued_records() -> None:
+        other = asyncio.ensure_future(other_task())
+        await asyncio.sleep(0)  # let it start
+        before = turns
+        for _ in range(n):
+            await faust_tuning._sleep_now_and_then(0)  # what faust awaits before each event
+        after = turns
+        other.cancel()
+        # the other task ran once per STREAM_YIELD_EVERY records, not once per record
+        assert after - before == n // faust_tuning.STREAM_YIELD_EVERY
+
+    asyncio.run(read_queued_records())
+
+
+def test_a_real_sleep_still_sleeps() -> None:
+    async def sleep_a_little() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        assert await faust_tuning._sleep_now_and_then(0.02, "done") == "done"
+        return loop.time() - t0
+
+    assert asyncio.run(sleep_a_little()) >= 0.015
+
+
+def test_apply_gives_both_faust_stream_iterators_the_sleep() -> None:
+    import faust.streams as faust_streams
+    from faust._cython import streams as cython_streams
+
+    faust_tuning.apply()
+    assert cython_streams.sleep is faust_tuning._sleep_now_and_then  # type: ignore[attr-defined]
+    assert faust_streams.asyncio.sleep is faust_tuning._sleep_now_and_then
+    assert faust_streams.asyncio.Event is asyncio.Event  # everything else is asyncio's
+
+
+def test_faust_still_sleeps_before_each_event_of_a_stream() -> None:
+    import inspect
+
+    import faust.streams as faust_streams
+
+    source = inspect.getsource(faust_streams.Stream._py_aiter)
+    assert "sleep = asyncio.sleep" in source and "await sleep(0)" in source
