@@ -29,7 +29,11 @@ Two delays kept a quiet partition's records from the agents while the processor 
 (B4): faust's conveyor spent four tasks and two or three event-loop turns on each record it
 handed over (:func:`_wait_first_eager` runs the hand-over at once when it need not wait), and
 aiokafka held every partition's next fetch for 0.1 s while a paused partition kept fetched
-records (:data:`PREFETCH_BACKOFF_S`).
+records (:data:`PREFETCH_BACKOFF_S`). A third: faust's stream iterator gave the event loop a
+turn before every event it took from an agent's queue (:func:`_sleep_now_and_then`).
+
+While records wait in the processor's queues its producer lingers 2 ms, so outputs go out in
+fewer produce requests (:func:`linger_while_busy`).
 """
 
 from __future__ import annotations
