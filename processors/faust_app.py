@@ -236,8 +236,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         names its lane within the partition; ``background`` lanes wait for the others); a task
         handles one record of each partition in turn. Acks go to faust in offset order only
         (``processors/ordered_acks.py``), so a commit never passes a record not handled, or
-        one whose outputs are not in the producer yet. A partition with too much queued stops being fetched from
-        ``paused_topic`` (its new work; results are bounded by the window).
+        one whose outputs are not in the producer yet. A partition with too much queued stops
+        being fetched from ``paused_topic`` (its new work; results are bounded by the window).
+        While any agent has records queued, the producer lingers (``faust_tuning.linger_while_busy``).
 
         When a rebalance revokes partitions, faust suspends its flow, clears its own queues
         (``flow_control.clear()``) and later reads again from the last commit; the intake is
