@@ -20,6 +20,14 @@ faust_tuning.apply()
 TOPIC = TP("sg.commands", 0)
 
 
+@pytest.fixture(autouse=True)
+def no_stall_clocks_of_other_tests(monkeypatch: pytest.MonkeyPatch) -> None:
+    # stall clocks are keyed by id(consumer): a consumer of an earlier case, gone, can leave one
+    # under the id a new consumer gets (CI once failed the stall test that way: the stale
+    # clock was on real monotonic time, the test's own clock far behind it)
+    monkeypatch.setattr(faust_tuning, "_stalled", {})
+
+
 def consumer(acked: list[int], committed: int | None, gap: tuple[int, int] | None = None) -> SimpleNamespace:
     c = SimpleNamespace(_acked=defaultdict(list), _committed_offset=defaultdict(lambda: None),
                         _gap=defaultdict(IntervalTree), _acked_index=defaultdict(set))
