@@ -65,7 +65,7 @@ from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord,
                     ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
-from . import faust_tuning
+from . import faust_tuning, rdkafka_producer
 from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
 from .ordered_acks import OrderedAcks, Tracked
 from .intake_lanes import command_lane, is_background
@@ -145,6 +145,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             # many of a flooded one; a flooded partition is paused at FairIntake's cap
             broker_max_poll_records=INTAKE_CAP,
         )
+        rdkafka_producer.install(self.app)  # librdkafka sends; faust's interface (rdkafka_producer.py)
         self.events_topic = self.app.topic(s.events_topic, key_serializer="raw", value_serializer="raw")
         # the function processor reads both, partition p of each together (co-partitioned)
         self.function_topics = self.app.topic(s.commands_topic, s.results_topic, key_serializer="raw",
@@ -174,11 +175,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._stats_at = 0
         self._gc_frozen = False
         self._stats_sent: dict[str, bytes] = {}
-        self._backlogged: dict[str, bool] = {}  # per agent: records wait in its intake
         self.index = TriggerIndex()
         self.registry: CompactedView | None = None
         self._intake_clearers: list[_ClearWith] = []
-        self._out_topics: dict[str, faust.TopicT] = {}
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
         self._cron_synced: set[tuple[str, str]] = set()
@@ -238,7 +237,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         (``processors/ordered_acks.py``), so a commit never passes a record not handled, or
         one whose outputs are not in the producer yet. A partition with too much queued stops
         being fetched from ``paused_topic`` (its new work; results are bounded by the window).
-        While any agent has records queued, the producer lingers (``faust_tuning.linger_while_busy``).
 
         When a rebalance revokes partitions, faust suspends its flow, clears its own queues
         (``flow_control.clear()``) and later reads again from the last commit; the intake is
@@ -282,8 +280,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                     event = entry.record
                     # table writes go to the changelog partition of the record they follow from
                     faust_streams._current_event.set(weakref.ref(event))
-                    self._backlogged[name] = bool(intake)
-                    faust_tuning.linger_while_busy(self.app.producer, any(self._backlogged.values()))
                     await handle(event, payload)
                     for done in acks.handled(entry):
                         await stream.ack(done)
@@ -590,25 +586,13 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                          partition_for(run.app_id, self.settings.partitions))
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
-        """Hand a record to faust's producer; its flush before each commit awaits the ack.
+        """Hand a record to the producer; its flush before each commit awaits the ack, and a
+        record that cannot be produced stops the process (``processors/rdkafka_producer.py``).
 
-        Table writes wait in faust's producer buffer; they go to the producer first, so an
-        output never reaches the broker ahead of the state it follows from (a crash between
-        the two would replay the command against older state and, say, run a step twice)."""
-        await faust_tuning.drain(self.app.producer.buffer)
-        topic = self._out_topics.get(topic_name)
-        if topic is None:
-            topic = self.app.topic(topic_name, key_serializer="raw", value_serializer="raw")
-            self._out_topics[topic_name] = topic
-        fut = await topic.send(key=key.encode(), value=value, partition=partition)
-        fut.add_done_callback(self._check_sent)  # type: ignore[attr-defined]
-
-    @staticmethod
-    def _check_sent(fut: "asyncio.Future[object]") -> None:
-        if not fut.cancelled() and fut.exception() is not None:
-            # Never commit past a lost output: stop now; a restart replays from the last commit.
-            log.critical("a record could not be produced (%r); stopping the processor", fut.exception())
-            os._exit(70)
+        Table writes went to the producer when they were made (``send_soon``), so an output
+        never reaches the broker ahead of the state it follows from (a crash between the two
+        would replay the command against older state and, say, run a step twice)."""
+        self.app.producer.produce(topic_name, key.encode(), value, partition)
 
     # -- timers ----------------------------------------------------------------------------
 

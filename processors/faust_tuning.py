@@ -1,4 +1,4 @@
-"""Settings of faust's Kafka clients that faust does not expose, and a flush that waits.
+"""Settings of faust's Kafka consumer that faust does not expose, and fixes to its commit and flow.
 
 faust-streaming creates the processor's aiokafka consumer with ``fetch_max_wait_ms=1500``,
 hard-coded (``faust/transport/drivers/aiokafka.py``). aiokafka fetches a partition only when
@@ -9,13 +9,8 @@ behind it: step results sat up to 1.6 s in the topic while the processor idled (
 adding unrelated traffic to ``sg.events`` made the drain faster). A short wait keeps fetches
 flowing; an idle processor then sends a few small fetches per second more.
 
-faust's producer flush, which runs before every commit of source offsets, gives up on the
-table changelog records still in its ``ProducerBuffer`` when none was sent for 0.1 s
-(``flush_atmost``), and counts a record its sender has taken but not yet handed to aiokafka
-as gone. Under load a commit could then go ahead of changelog records of the records it
-covers; a processor that died just then left a new owner tables without them, and the
-commands they followed from would never be read again. :func:`drain` waits until the buffer
-is empty and its sender idle; ``Producer.flush`` (and so every commit) calls it.
+The processor's producer is not faust's aiokafka one any more: ``processors/rdkafka_producer.py``
+(librdkafka) sends table changelogs and outputs, and its own flush waits for every record.
 
 Two holes in faust's commit lost records in ``test_a_processor_killed_while_absorbing_a_burst_loses_nothing``
 (the record never reached an agent, and a later commit went past it): after a rebalance
@@ -31,9 +26,6 @@ handed over (:func:`_wait_first_eager` runs the hand-over at once when it need n
 aiokafka held every partition's next fetch for 0.1 s while a paused partition kept fetched
 records (:data:`PREFETCH_BACKOFF_S`). A third: faust's stream iterator gave the event loop a
 turn before every event it took from an agent's queue (:func:`_sleep_now_and_then`).
-
-While records wait in the processor's queues its producer lingers 2 ms, so outputs go out in
-fewer produce requests (:func:`linger_while_busy`).
 """
 
 from __future__ import annotations
@@ -46,7 +38,6 @@ from typing import Any
 
 import faust.streams as faust_streams
 from faust.transport import consumer as faust_consumer
-from faust.transport import producer as faust_producer
 from mode.services import WaitResults
 from mode.utils import queues as mode_queues
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -79,44 +70,6 @@ def _create_worker_consumer(self: Any, transport: Any) -> Any:
 
     consumer.start = start
     return consumer
-
-
-_original_send_pending = faust_producer.ProducerBuffer._send_pending
-DRAIN_WARN_S = 10.0
-
-
-async def _send_pending(self: Any, fut: Any) -> None:
-    # entered synchronously right after the sender takes a record off the queue, so a record
-    # is always either queued or counted here until aiokafka has it
-    self.sg_sending = getattr(self, "sg_sending", 0) + 1
-    try:
-        await _original_send_pending(self, fut)
-    finally:
-        self.sg_sending -= 1
-
-
-async def drain(buffer: Any) -> None:
-    """Wait until every record put in faust's ``ProducerBuffer`` is in aiokafka's hands."""
-    started = time.monotonic()
-    warned = False
-    while buffer.size or getattr(buffer, "sg_sending", 0):
-        buffer.message_sent.clear()
-        try:
-            await asyncio.wait_for(buffer.message_sent.wait(), timeout=1.0)
-        except asyncio.TimeoutError:
-            pass
-        if not warned and time.monotonic() - started > DRAIN_WARN_S:
-            warned = True
-            log.warning("producer buffer: %d record(s) still unsent after %.0f s; commits wait for them",
-                        buffer.size, DRAIN_WARN_S)
-
-
-async def _flush(self: Any) -> None:
-    await drain(self.buffer)
-    if self._producer is not None:
-        await self._producer.flush()
-    for transaction_producer in self._transaction_producers.values():
-        await transaction_producer.flush()
 
 
 _original_wait_first = faust_consumer.Consumer.wait_first
@@ -231,18 +184,6 @@ def _resume_without_clearing(self: Any) -> None:
 # took ~15 % of the processor (B4, REPLAY profiles). While records wait in the intake, a
 # 2 ms linger gathers a handling's outputs and the next ones into one request: B4's drain
 # rose from ~114 to ~134 runs/s and the quiet tenants' p99 fell (5 ms raised their p50).
-BUSY_LINGER_S = 0.002
-
-
-def linger_while_busy(producer: Any, busy: bool) -> None:
-    """Set the linger of the batches the producer opens next: ``BUSY_LINGER_S`` while the
-    processor has records queued, none while it is idle. aiokafka copies the accumulator's
-    linger into each new batch; a producer not started yet (or not aiokafka's) is left alone."""
-    accumulator = getattr(getattr(producer, "_producer", None), "_message_accumulator", None)
-    if accumulator is not None:
-        accumulator._linger_time = BUSY_LINGER_S if busy else 0.0
-
-
 # faust's stream iterator awaits ``asyncio.sleep(0)`` before every event it takes from an
 # agent's queue (``faust/_cython/streams.pyx`` and ``Stream._py_aiter``): one turn of the event
 # loop per record. While the agents work, a turn includes a record handled per busy partition
@@ -281,8 +222,6 @@ def apply(fetch_max_wait_ms: int = FETCH_MAX_WAIT_MS) -> None:
     global _wait_ms
     _wait_ms = fetch_max_wait_ms
     faust_aiokafka.AIOKafkaConsumerThread._create_worker_consumer = _create_worker_consumer  # type: ignore[method-assign]
-    faust_producer.ProducerBuffer._send_pending = _send_pending  # type: ignore[method-assign]
-    faust_aiokafka.Producer.flush = _flush  # type: ignore[method-assign]
     faust_consumer.Consumer._new_offset = _new_offset  # type: ignore[method-assign]
     mode_queues.FlowControlEvent.resume = _resume_without_clearing  # type: ignore[method-assign]
     faust_consumer.Consumer.wait_first = _wait_first_eager  # type: ignore[method-assign]

@@ -47,35 +47,6 @@ def test_aiokafka_still_gives_fetched_records_the_backoff_we_set() -> None:
     assert "backoff=self._prefetch_backoff" in source and "if node_id in backoff_by_nodes" in source
 
 
-@pytest.mark.parametrize(("busy", "linger"), [
-    pytest.param(True, faust_tuning.BUSY_LINGER_S, id="records-queued-batches-linger"),
-    pytest.param(False, 0.0, id="idle-batches-go-at-once"),
-])
-def test_new_batches_linger_only_while_the_processor_is_busy(busy: bool, linger: float) -> None:
-    import aiokafka
-    from aiokafka.structs import TopicPartition
-
-    async def batch_linger() -> float:
-        # a real aiokafka producer, never started: its accumulator exists from construction
-        producer = aiokafka.AIOKafkaProducer(bootstrap_servers="127.0.0.1:1", linger_ms=0)
-        faust_tuning.linger_while_busy(SimpleNamespace(_producer=producer), busy)
-        accumulator = producer._message_accumulator
-        batch = accumulator.create_builder()  # what a new batch is built with
-        made = accumulator._append_batch(batch, TopicPartition("t", 0))
-        return made._linger_time
-
-    assert asyncio.run(batch_linger()) == linger
-
-
-def test_linger_while_busy_leaves_a_producer_without_an_aiokafka_client_alone() -> None:
-    # faust's producer has no aiokafka client until it starts; the first records can come
-    # before that. Reaching into it would raise AttributeError here.
-    not_started = SimpleNamespace(_producer=None)
-    faust_tuning.linger_while_busy(not_started, True)
-    faust_tuning.linger_while_busy(object(), False)
-    assert not_started._producer is None
-
-
 def test_a_stream_yields_to_the_loop_once_every_stream_yield_every_records() -> None:
     turns = 0
     n = faust_tuning.STREAM_YIELD_EVERY * 4
