@@ -18,13 +18,19 @@ Guarantees kept (faust_app.py's commit order):
   produced after them is behind them in librdkafka's queues (one partition's order is
   kept by the idempotent producer; across partitions, as before, no broker orders them).
 * **Nothing committed past an unacknowledged record.** ``flush`` (faust calls it before
-  every commit of source offsets) returns only when librdkafka holds no record that the
-  broker has not acknowledged (acks=all, idempotent).
+  every commit of source offsets) returns only when every record produced before it began
+  is acknowledged by the broker (acks=all, idempotent; :class:`AckMarks`). Records produced
+  meanwhile do not hold it up: a busy processor never stops producing.
 * **A record that cannot be produced stops the process** before anything else is
   committed (exit code 70, as for outputs before); a restart replays from the last commit.
 * **Table recovery offsets.** A changelog record's delivery report resolves faust's
   ``FutureMessage`` with its offset and runs its callback, so the table records the
   changelog offset it holds (``set_persisted_offset``), as with aiokafka.
+
+Latency and batching: records linger ``LINGER_MS`` in librdkafka, so a busy processor sends
+few, large produce requests; when the processor has nothing left to handle it calls
+:meth:`flush_idle`, which sends everything lingering at once (librdkafka's ``flush`` treats
+the linger as over while it runs) and gives the acknowledgements up to ``IDLE_FLUSH_S``.
 
 Delivery reports are served by :meth:`poll` on the event loop (``POLL_BUSY_S`` while records
 are outstanding, ``POLL_IDLE_S`` otherwise), so futures are resolved on the loop's thread.
@@ -35,6 +41,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
+from collections import deque
+from functools import partial
 from typing import Any, Awaitable, Callable, Mapping, Optional
 
 from confluent_kafka import KafkaError, Message, Producer as RdProducer
@@ -49,7 +58,13 @@ log = logging.getLogger("sluicegate.processor")
 EXIT_PRODUCE_FAILED = 70
 POLL_BUSY_S = 0.002   # delivery reports while records are outstanding
 POLL_IDLE_S = 0.02
-LINGER_MS = 1         # records of one handled command, and of a busy loop turn, share requests
+# librdkafka sends one partition per produce request (librdkafka#1700), and a run writes to
+# ~5 partitions: without a linger the broker, not the processor, became the bottleneck
+# (one-step runs, 1 partition: linger 0 -> ~430 runs/s with the broker at 98 % of a core;
+# 5 ms -> ~650 runs/s, broker 84 %). The linger costs nothing when the processor goes idle:
+# ``flush_idle`` sends what lingers at once (B1's latency at a low rate).
+LINGER_MS = 5
+IDLE_FLUSH_S = 0.002  # how long flush_idle may hold an idle loop waiting for acks
 FLUSH_WARN_S = 10.0
 
 
@@ -64,6 +79,43 @@ def rd_config(bootstrap: str, client_id: str, max_request_bytes: int) -> dict[st
         # the Java client's (and aiokafka's) partitioner, for a record sent without a partition
         "partitioner": "murmur2_random",
     }
+
+
+class AckMarks:
+    """Which produced records have been reported, by number (pure; tested).
+
+    Records are numbered in produce order. Reports come in produce order within a
+    partition but interleave across partitions, so a report may overtake an older record's.
+    ``all_reported_up_to(n)`` is what a flush waits for: records produced after it started
+    do not hold it up."""
+
+    __slots__ = ("produced", "_unreported", "_early")
+
+    def __init__(self) -> None:
+        self.produced = 0
+        self._unreported: deque[int] = deque()  # in produce order, from the oldest unreported
+        self._early: set[int] = set()            # reported while an older record was not
+
+    def add(self) -> int:
+        self.produced += 1
+        self._unreported.append(self.produced)
+        return self.produced
+
+    def reported(self, seq: int) -> None:
+        unreported = self._unreported
+        if unreported and unreported[0] == seq:
+            unreported.popleft()
+            early = self._early
+            while unreported and unreported[0] in early:
+                early.discard(unreported.popleft())
+        else:
+            self._early.add(seq)
+
+    def all_reported_up_to(self, seq: int) -> bool:
+        return not self._unreported or self._unreported[0] > seq
+
+    def outstanding(self) -> int:
+        return len(self._unreported) - len(self._early)
 
 
 def produce_failed(topic: str, err: KafkaError) -> None:
@@ -85,6 +137,10 @@ class RdKafkaProducer(faust_aiokafka.Producer):
         bootstrap = ",".join(servers) if isinstance(servers, list) else str(servers)
         return RdProducer(rd_config(bootstrap, f"{self.client_id}-rd", self.max_request_size))
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._marks = AckMarks()
+
     async def on_start(self) -> None:
         await super().on_start()
         self._rd = self._new_rd()
@@ -92,7 +148,7 @@ class RdKafkaProducer(faust_aiokafka.Producer):
 
     async def on_stop(self) -> None:
         if self._rd is not None:
-            await self._wait_delivered()
+            await self._wait_reported(self._marks.produced)
         await super().on_stop()
         self._rd = None
 
@@ -105,19 +161,32 @@ class RdKafkaProducer(faust_aiokafka.Producer):
 
     def produce(self, topic: str, key: Optional[bytes], value: Optional[bytes], partition: int) -> None:
         """Hand one record to librdkafka; its delivery is checked, nobody waits for it."""
-        self._produce(topic, key, value, partition, None, None, self._checked(topic))
+        self._produce(topic, key, value, partition, None, None, None, None)
 
-    def _checked(self, topic: str) -> Callable[[Optional[KafkaError], Message], None]:
-        def delivered(err: Optional[KafkaError], _msg: Message) -> None:
-            if err is not None:
-                self._on_failure(topic, err)
-        return delivered
+    def send_soon(self, fut: FutureMessage) -> None:
+        """A table's changelog record: produced now (not via faust's buffer), in order; its
+        delivery resolves ``fut`` and runs the table's callback (the offset it persisted)."""
+        message = fut.message
+        topic = message.channel.get_topic_name()  # type: ignore[attr-defined]
+        self._produce(topic, message.key, message.value, message.partition, message.timestamp,
+                      message.headers, fut, message.callback)
+
+    async def send(self, topic: str, key: Optional[bytes], value: Optional[bytes], partition: Optional[int],
+                   timestamp: Optional[float], headers: Any, *,
+                   transactional_id: Optional[str] = None) -> Awaitable[RecordMetadata]:
+        """faust's ``send``: a future of the record's metadata (resolved by a delivery report)."""
+        if transactional_id:
+            raise NotImplementedError("the processor does not use Kafka transactions")
+        future: asyncio.Future = self.loop.create_future()
+        self._produce(topic, key, value, partition, timestamp, headers, future, None)
+        return future
 
     def _produce(self, topic: str, key: Optional[bytes], value: Optional[bytes], partition: Optional[int],
-                 timestamp: Optional[float], headers: Any,
-                 on_delivery: Callable[[Optional[KafkaError], Message], None]) -> None:
+                 timestamp: Optional[float], headers: Any, fut: Optional[asyncio.Future],
+                 callback: Optional[Callable[[Any], None]]) -> None:
         rd = self._ensure_rd()
-        kwargs: dict[str, Any] = {"key": key, "on_delivery": on_delivery}
+        seq = self._marks.produced + 1
+        kwargs: dict[str, Any] = {"key": key, "on_delivery": partial(self._report, seq, topic, fut, callback)}
         if partition is not None:
             kwargs["partition"] = partition
         if timestamp:
@@ -127,82 +196,65 @@ class RdKafkaProducer(faust_aiokafka.Producer):
         while True:
             try:
                 rd.produce(topic, value, **kwargs)
-                return
+                break
             except BufferError:  # librdkafka's queue is full: serve reports, then retry
                 rd.poll(0.05)
+        self._marks.add()
 
-    def send_soon(self, fut: FutureMessage) -> None:
-        """A table's changelog record: produced now (not via faust's buffer), in order."""
-        message = fut.message
-        topic = message.channel.get_topic_name()  # type: ignore[attr-defined]
-        self._produce(topic, message.key, message.value, message.partition, message.timestamp,
-                      message.headers, self._resolving(topic, fut))
-
-    def _resolving(self, topic: str, fut: FutureMessage) -> Callable[[Optional[KafkaError], Message], None]:
-        def delivered(err: Optional[KafkaError], msg: Message) -> None:
-            if err is not None:
-                self._on_failure(topic, err)
-                return
-            if fut.done():
-                return
+    def _report(self, seq: int, topic: str, fut: Optional[asyncio.Future], callback: Optional[Callable[[Any], None]],
+                err: Optional[KafkaError], msg: Message) -> None:
+        """A delivery report (served on the loop's thread by ``poll``)."""
+        if err is not None:
+            self._on_failure(topic, err)
+        elif fut is not None and not fut.done():
             fut.set_result(_metadata(msg))
-            callback = fut.message.callback
             if callback is not None:
                 callback(fut)
-        return delivered
-
-    async def send(self, topic: str, key: Optional[bytes], value: Optional[bytes], partition: Optional[int],
-                   timestamp: Optional[float], headers: Any, *,
-                   transactional_id: Optional[str] = None) -> Awaitable[RecordMetadata]:
-        """faust's ``send``: a future of the record's metadata (resolved by a delivery report)."""
-        if transactional_id:
-            raise NotImplementedError("the processor does not use Kafka transactions")
-        future: asyncio.Future = self.loop.create_future()
-
-        def delivered(err: Optional[KafkaError], msg: Message) -> None:
-            if err is not None:
-                self._on_failure(topic, err)
-            elif not future.done():
-                future.set_result(_metadata(msg))
-
-        self._produce(topic, key, value, partition, timestamp, headers, delivered)
-        return future
+        self._marks.reported(seq)
 
     # -- delivery reports and flushing -----------------------------------------------------
 
     def outstanding(self) -> int:
-        """Records handed to librdkafka and not yet acknowledged (with reports not served)."""
-        return len(self._rd) if self._rd is not None else 0
+        """Records handed to librdkafka whose delivery report has not been served."""
+        return self._marks.outstanding()
 
     async def _serve_reports(self) -> None:
         while not self.should_stop:
             rd = self._rd
             if rd is None:
                 return
-            busy = len(rd) > 0
+            busy = self._marks.outstanding() > 0
             if busy:
                 rd.poll(0)
             await asyncio.sleep(POLL_BUSY_S if busy else POLL_IDLE_S)
 
-    async def _wait_delivered(self) -> None:
+    async def _wait_reported(self, seq: int) -> None:
+        """Until every record up to ``seq`` is acknowledged (not those produced meanwhile:
+        a busy processor never stops producing, and its commits must not wait for a pause)."""
         rd = self._ensure_rd()
-        waited = 0.0
+        started = time.monotonic()
         warned = False
-        while len(rd) > 0:
+        while not self._marks.all_reported_up_to(seq):
             rd.poll(0)
-            if not len(rd):
+            if self._marks.all_reported_up_to(seq):
                 break
             await asyncio.sleep(0.001)
-            waited += 0.001
-            if not warned and waited > FLUSH_WARN_S:
+            if not warned and time.monotonic() - started > FLUSH_WARN_S:
                 warned = True
-                log.warning("producer: %d record(s) still unacknowledged after %.0f s; commits wait for them",
-                            len(rd), FLUSH_WARN_S)
+                log.warning("producer: records still unacknowledged after %.0f s; commits wait for them",
+                            FLUSH_WARN_S)
+
+    def flush_idle(self) -> None:
+        """The processor is idle: send what lingers now. Blocks the (idle) loop for at most
+        ``IDLE_FLUSH_S``; records still unacknowledged then are left to the report task."""
+        rd = self._rd
+        if rd is not None and self._marks.outstanding():
+            rd.flush(IDLE_FLUSH_S)
 
     async def flush(self) -> None:
         """Before a commit: every record handed over so far is acknowledged by the broker."""
         if self._rd is not None:
-            await self._wait_delivered()
+            await self._wait_reported(self._marks.produced)
         if self._producer is not None:
             await self._producer.flush()
 

@@ -125,3 +125,37 @@ def test_a_record_that_cannot_be_produced_reaches_the_failure_hook(kafka_bootstr
     assert [t for t, _err in failures] == [topic]
     assert "partition" in str(failures[0][1]).lower()
     assert [v for _p, _o, _k, v in _read(kafka_bootstrap, topic, 1)] == [b"fine"]
+
+
+def test_a_flush_waits_for_the_records_before_it_not_for_those_produced_after(kafka_bootstrap: str) -> None:
+    # a busy processor never stops producing; faust flushes before each commit, and a flush
+    # that waited for a pause would hold every commit back
+    topic = _topic(kafka_bootstrap, partitions=1)
+
+    async def body(app: faust.App, producer: RdKafkaProducer) -> tuple[int, int, bool]:
+        for i in range(100):
+            producer.produce(topic, b"k", b"before", 0)
+        stop = asyncio.Event()
+        produced_after = 0
+
+        async def keep_producing() -> None:
+            nonlocal produced_after
+            while not stop.is_set() and produced_after < 200_000:
+                for _ in range(20):
+                    producer.produce(topic, b"k", b"after", 0)
+                    produced_after += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(keep_producing())
+        await asyncio.sleep(0)
+        await producer.flush()
+        still_producing = not task.done()
+        stop.set()
+        await task
+        await producer.flush()
+        return produced_after, producer.outstanding(), still_producing
+
+    produced_after, outstanding, still_producing = asyncio.run(_with_producer(kafka_bootstrap, body))
+    assert still_producing, "the flush waited until records stopped coming"
+    assert outstanding == 0
+    assert len(_read(kafka_bootstrap, topic, 1)) == 100 + produced_after
