@@ -10,7 +10,7 @@ adding unrelated traffic to ``sg.events`` made the drain faster). A short wait k
 flowing; an idle processor then sends a few small fetches per second more.
 
 The processor's producer is not faust's aiokafka one any more: ``processors/rdkafka_producer.py``
-(librdkafka) sends table changelogs and outputs, and its own flush waits for every record.
+(librdkafka) sends table changelogs and outputs; its flush waits for every record produced before it.
 
 Two holes in faust's commit lost records in ``test_a_processor_killed_while_absorbing_a_burst_loses_nothing``
 (the record never reached an agent, and a later commit went past it): after a rebalance

@@ -66,6 +66,7 @@ POLL_IDLE_S = 0.02
 LINGER_MS = 5
 IDLE_FLUSH_S = 0.002  # how long flush_idle may hold an idle loop waiting for acks
 FLUSH_WARN_S = 10.0
+STOP_WAIT_S = 30.0
 
 
 def rd_config(bootstrap: str, client_id: str, max_request_bytes: int) -> dict[str, Any]:
@@ -148,7 +149,13 @@ class RdKafkaProducer(faust_aiokafka.Producer):
 
     async def on_stop(self) -> None:
         if self._rd is not None:
-            await self._wait_reported(self._marks.produced)
+            # not forever (a broker gone at shutdown): what is not acknowledged now was not
+            # committed either, and is produced again when its input is read again
+            try:
+                await asyncio.wait_for(self._wait_reported(self._marks.produced), STOP_WAIT_S)
+            except asyncio.TimeoutError:
+                log.warning("producer: %d record(s) unacknowledged at shutdown; their inputs are read again",
+                            self._marks.outstanding())
         await super().on_stop()
         self._rd = None
 
