@@ -192,6 +192,8 @@ class RdKafkaProducer(faust_aiokafka.Producer):
                  timestamp: Optional[float], headers: Any, fut: Optional[asyncio.Future],
                  callback: Optional[Callable[[Any], None]]) -> None:
         rd = self._ensure_rd()
+        # numbered now, counted only once librdkafka took it: a record produce() refused
+        # (too large) must not leave a mark that every later flush would wait for
         seq = self._marks.produced + 1
         kwargs: dict[str, Any] = {"key": key, "on_delivery": partial(self._report, seq, topic, fut, callback)}
         if partition is not None:
