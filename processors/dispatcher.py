@@ -45,6 +45,7 @@ from .dispatch.pump import Ticket, is_replay_key, pump, replay_key, replay_share
 from .dispatch.run_keys import partitions_sharing, run_keys
 from .flow.rate_limit import GcraState
 from .run_decisions import current_jobs, finish_timeout_timer, job_for
+from .table_reads import stored
 
 log = logging.getLogger("sluicegate.dispatcher")
 
@@ -343,7 +344,7 @@ class DispatchStage:
         return self._sharing_cache[1]
 
     def _gcra(self, key: str) -> GcraState | None:
-        raw = self.flow.get(key.encode())
+        raw = stored(self.flow, key.encode())
         return GcraState.model_validate_json(raw) if raw is not None else None
 
     async def _refill(self, now: int) -> list[str]:
@@ -392,7 +393,7 @@ class DispatchStage:
         dp.tickets.pop(dkey, None)
         run = self._views.get(run_id)  # changed by this command: already in hand
         if run is None:
-            raw = self.runs.get(run_id.encode())
+            raw = stored(self.runs, run_id.encode())
             run = RunState.model_validate_json(raw) if raw is not None else None
         job = None if run is None else (run.job if rec.branch is None else run.branches.get(rec.branch))
         if run is None or run.finished or job is None or job.retry_timer is not None \

@@ -74,6 +74,7 @@ from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
 from .run_decisions import (Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
                             RegisterWait, StartTimer, cancel, decide, rerun)
+from .table_reads import stored
 from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
 
 log = logging.getLogger("sluicegate.processor")
@@ -459,7 +460,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         if isinstance(cmd, RerunRun):
             await self._rerun(cmd, partition, now)
             return
-        raw = self.runs.get(cmd.run_id.encode())
+        raw = stored(self.runs, cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
         if isinstance(cmd, Trigger) and run is None:
             decisions = self._schedule(cmd, now) if cmd.replay_id is None else await self._schedule_replayed(cmd, now)
@@ -534,7 +535,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         return self._start_run(cmd, now)
 
     async def _rerun(self, cmd: RerunRun, partition: int, now: int) -> None:
-        if self.runs.get(cmd.new_run_id.encode()) is not None:
+        if stored(self.runs, cmd.new_run_id.encode()) is not None:
             return  # a repeated command
         original = self._run(cmd.run_id)
         if original is None:

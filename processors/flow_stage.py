@@ -25,6 +25,7 @@ from .flow import cron, singleton
 from .grouping import Grouped, grouping_of, on_event, on_timer
 from .routing import run_id_for
 from .run_decisions import Decision, cancel, queued, release, skip_queued, skipped, start
+from .table_reads import stored
 
 log = logging.getLogger("sluicegate.processor")
 
@@ -48,7 +49,7 @@ class FlowStage:
         raise NotImplementedError
 
     def _flow_state(self, key: str) -> str | None:
-        raw = self.flow.get(key.encode())
+        raw = stored(self.flow, key.encode())
         return raw.decode() if raw is not None else None
 
     def _put_flow(self, puts: dict[str, str | None]) -> None:
@@ -102,7 +103,7 @@ class FlowStage:
         for seed, events in grouped.runs:
             start = Trigger(app_id=fn.app_id, function_id=fn.function_id,
                             run_id=run_id_for(fn.app_id, fn.function_id, seed), function=fn, events=events)
-            if self.runs.get(start.run_id.encode()) is None:
+            if stored(self.runs, start.run_id.encode()) is None:
                 decisions.extend(self._start_run(start, now))
         return decisions
 
@@ -145,7 +146,7 @@ class FlowStage:
             received_at=now, data={"cron": cron_expr, "tick_ms": tick_ms, "missed_ticks": len(d.missed)})
         run = Trigger(app_id=fn.app_id, function_id=fn.function_id, function=fn, events=[event],
                       run_id=run_id_for(fn.app_id, fn.function_id, cron.cron_run_seed(cron_expr, tick_ms)))
-        if self.runs.get(run.run_id.encode()) is not None:
+        if stored(self.runs, run.run_id.encode()) is not None:
             return []
         return self._start_run(run, now)
 
@@ -169,7 +170,7 @@ class FlowStage:
                     await self._send(self.settings.commands_topic, key, sync.dumps(), partition)
 
     def _run(self, run_id: str) -> RunState | None:
-        raw = self.runs.get(run_id.encode())
+        raw = stored(self.runs, run_id.encode())
         return RunState.model_validate_json(raw) if raw is not None else None
 
     def _start_run(self, cmd: Trigger, now: int) -> list[Decision]:
