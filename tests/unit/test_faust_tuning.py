@@ -14,8 +14,11 @@ from sluicegate.processors import faust_tuning
 
 
 def test_apply_sets_a_short_fetch_wait_on_the_consumer_faust_creates(monkeypatch: pytest.MonkeyPatch) -> None:
+    asked: list[Any] = []
+
     async def start() -> None:  # aiokafka creates its fetcher when the consumer starts
-        made._fetcher = SimpleNamespace(_prefetch_backoff=0.1)
+        made._fetcher = SimpleNamespace(_prefetch_backoff=0.1, _fetch_max_wait_ms=1500, _records={},
+                                        _get_actions_per_node=lambda a: asked.append(a) or "actions")
 
     made = SimpleNamespace(_fetch_max_wait_ms=1500, start=start)  # what faust hard-codes
     monkeypatch.setattr(faust_tuning, "_original", lambda self, transport: made)
@@ -28,6 +31,39 @@ def test_apply_sets_a_short_fetch_wait_on_the_consumer_faust_creates(monkeypatch
     assert consumer is made and consumer._fetch_max_wait_ms == faust_tuning.FETCH_MAX_WAIT_MS == 20
     asyncio.run(consumer.start())
     assert consumer._fetcher._prefetch_backoff == faust_tuning.PREFETCH_BACKOFF_S == 0.005
+    # each time aiokafka plans its fetches, the wait is set first (here: nothing assigned)
+    assignment = SimpleNamespace(tps=[], state_value=lambda tp: None)
+    assert consumer._fetcher._get_actions_per_node(assignment) == "actions" and asked == [assignment]
+    assert consumer._fetcher._fetch_max_wait_ms == faust_tuning.IDLE_FETCH_WAIT_MS == 500
+
+
+def _state(paused: bool = False, positioned: bool = True) -> Any:
+    return SimpleNamespace(paused=paused, has_valid_position=positioned)
+
+
+@pytest.mark.parametrize(("states", "buffered", "expected"), [
+    pytest.param({"a": _state(), "b": _state()}, set(), 500, id="every-partition-in-the-fetch"),
+    pytest.param({"a": _state(), "b": _state()}, {"b"}, 20, id="records-not-yet-consumed"),
+    pytest.param({"a": _state(), "b": _state(paused=True)}, set(), 20, id="a-paused-partition"),
+    pytest.param({"a": _state(positioned=False), "b": _state()}, set(), 20, id="an-offset-reset-pending"),
+    pytest.param({}, set(), 500, id="nothing-assigned"),
+])
+def test_a_fetch_is_held_long_only_when_it_asks_for_every_partition(states: dict[str, Any], buffered: set[str],
+                                                                     expected: int) -> None:
+    fetcher = SimpleNamespace(_records={tp: object() for tp in buffered})
+    assignment = SimpleNamespace(tps=list(states), state_value=states.__getitem__)
+    assert faust_tuning._fetch_wait_ms(fetcher, assignment) == expected
+
+
+def test_aiokafka_still_builds_fetches_with_the_wait_we_set_and_skips_what_we_check() -> None:
+    import inspect
+
+    import aiokafka.consumer.fetcher as fetcher_module
+
+    source = inspect.getsource(fetcher_module.Fetcher._get_actions_per_node)
+    assert "self._fetch_max_wait_ms," in source
+    for skipped in ("if tp in self._records:", "elif not tp_state.has_valid_position:", "elif tp_state.paused:"):
+        assert skipped in source
 
 
 def test_aiokafka_still_reads_the_attribute_we_set() -> None:
