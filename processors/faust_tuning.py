@@ -10,7 +10,7 @@ adding unrelated traffic to ``sg.events`` made the drain faster). A short wait k
 flowing. It is needed only then: when a fetch asks for every assigned partition, nothing can
 become fetchable while it is held, and the broker answers it as soon as a record arrives. So
 such a fetch waits ``IDLE_FETCH_WAIT_MS`` (:func:`_fetch_wait_ms`): an idle processor used
-14-15 % of a core on its 50 fetches/s, 5 % with this.
+14-15 % of a core, mostly on its 50 fetches/s; 5 % with this.
 
 The processor's producer is not faust's aiokafka one any more: ``processors/rdkafka_producer.py``
 (librdkafka) sends table changelogs and outputs; its flush waits for every record produced before it.
