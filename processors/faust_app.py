@@ -72,8 +72,9 @@ from .intake_lanes import command_lane, is_background
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
-from .run_decisions import (Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
-                            RegisterWait, StartTimer, cancel, decide, rerun)
+from .reread_window import RereadWindow
+from .run_decisions import (Action, Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
+                            RegisterWait, StartTimer, cancel, decide, rerun, standing_outputs)
 from .table_reads import stored
 from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
 
@@ -185,6 +186,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._heap: list[tuple[int, str, bytes]] = []
         self._heap_dirty = True
         self._cron_synced: set[tuple[str, str]] = set()
+        self._reread = RereadWindow()
         self._work_topics: set[str] = set()
         self._wire()
 
@@ -205,6 +207,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             self._waits_dirty = True
             self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
+            await self._learn_reread_window()
             if not self._gc_frozen:
                 # what exists once the processor is up (faust, aiokafka, modules: ~100k
                 # objects) lives as long as the process: out of the cyclic GC's full
@@ -218,6 +221,23 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         app.agent(self.function_topics, name="sluicegate.functions")(self._functions)
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
         app.timer(1.0, name="sluicegate.cron_sync")(self._cron_sync)
+
+    async def _learn_reread_window(self) -> None:
+        """Note where each function partition ended when this process took it over
+        (``processors/reread_window.py``); until then every record counts as read again."""
+        self._reread.reset()
+        topics = (self.settings.commands_topic, self.settings.results_topic)
+        tps = [tp for tp in self.app.assignor.assigned_actives() if tp.topic in topics]
+        if not tps:
+            self._reread.learn({})
+            return
+        try:
+            ends = await asyncio.wait_for(self.app.consumer.highwaters(*tps), timeout=10.0)
+        except Exception as exc:  # noqa: BLE001 - every duplicate then sends its run's outputs again
+            log.warning("processor: end offsets of the assigned partitions unknown (%s): every duplicate command "
+                        "sends its run's outputs again until the next rebalance", exc)
+            return
+        self._reread.learn(ends)
 
     def start_registry(self) -> None:
         """Read the registry to its end (blocking; before the event loop starts), then follow it."""
@@ -421,16 +441,19 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         if cmd is None:
             log.warning("functions: dropped an undecodable command")
             return
-        await self._handle(cmd, event.message.partition)
+        message = event.message
+        await self._handle(cmd, message.partition, reread=self._reread.covers(message.tp, message.offset))
 
-    async def _handle(self, cmd: AnyCommand, partition: int) -> None:
+    async def _handle(self, cmd: AnyCommand, partition: int, *, reread: bool) -> None:
         now = now_ms()
-        await self._decide(cmd, partition, now)
+        await self._decide(cmd, partition, now, reread=reread)
         await self._refill(now)
         self._flush_records()
         await self._send_views(partition)
 
-    async def _decide(self, cmd: AnyCommand, partition: int, now: int) -> None:
+    async def _decide(self, cmd: AnyCommand, partition: int, now: int, *, reread: bool) -> None:
+        """``reread``: the record may have been handled before this process took its partition
+        over, and the outputs of that handling lost (``processors/reread_window.py``)."""
         if isinstance(cmd, DispatchTick):
             self._on_tick(cmd, partition, now)
             return
@@ -458,7 +481,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             await self._on_replay_flow(cmd, partition)
             return
         if isinstance(cmd, RerunRun):
-            await self._rerun(cmd, partition, now)
+            await self._rerun(cmd, partition, now, reread=reread)
             return
         raw = stored(self.runs, cmd.run_id.encode())
         run = RunState.model_validate_json(raw) if raw is not None else None
@@ -482,6 +505,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 # read again after a crash, its state may already be written and its view lost
                 # with the process: views are idempotent, send it again (a duplicate is rare)
                 self._views.setdefault(decision.state.run_id, decision.state)
+                if reread:  # and what it sent to other partitions (waiters, events)
+                    await self._send_outputs(standing_outputs(decision.state))
 
     async def _apply(self, decision: Decision, partition: int) -> None:
         """Persist one run's decision and forward its actions (the run's partition)."""
@@ -505,7 +530,18 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 heapq.heappush(self._heap, (action.due_ms, action.timer_id, value))
             elif isinstance(action, DeleteTimer):
                 self.timers.pop(timer_key(action.due_ms, action.timer_id), None)
-            elif isinstance(action, RegisterWait):
+        await self._send_outputs(decision.actions)
+        if state.finished:
+            self._run_finished(state, partition)
+        self._views[state.run_id] = state  # sent after the window refill: _send_views
+        if state.finished and state.singleton_key is not None:
+            for follow_up in self._on_run_end(state, now_ms()):
+                await self._apply(follow_up, partition)
+
+    async def _send_outputs(self, actions: list[Action]) -> None:
+        """A decision's records for other partitions: waiters to the routers, events."""
+        for action in actions:
+            if isinstance(action, RegisterWait):
                 app = action.waiter.app_id
                 await self._send(self.settings.events_topic, app, control_add(action.waiter),
                                  partition_for(app, self.settings.partitions))
@@ -515,12 +551,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             elif isinstance(action, EmitEvent):
                 if self._listened(action.event):
                     await self._emit(action.event)
-        if state.finished:
-            self._run_finished(state, partition)
-        self._views[state.run_id] = state  # sent after the window refill: _send_views
-        if state.finished and state.singleton_key is not None:
-            for follow_up in self._on_run_end(state, now_ms()):
-                await self._apply(follow_up, partition)
 
     async def _schedule_replayed(self, cmd: Trigger, now: int) -> list[Decision]:
         """A replayed run: no admission or grouping (it re-runs what happened); with
@@ -534,9 +564,12 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
                 return []
         return self._start_run(cmd, now)
 
-    async def _rerun(self, cmd: RerunRun, partition: int, now: int) -> None:
-        if stored(self.runs, cmd.new_run_id.encode()) is not None:
-            return  # a repeated command
+    async def _rerun(self, cmd: RerunRun, partition: int, now: int, *, reread: bool) -> None:
+        raw = stored(self.runs, cmd.new_run_id.encode())
+        if raw is not None:  # a repeated command
+            if reread:
+                await self._send_outputs(standing_outputs(RunState.model_validate_json(raw)))
+            return
         original = self._run(cmd.run_id)
         if original is None:
             log.warning("rerun of %s: no such run on this partition; ignored", cmd.run_id)

@@ -186,19 +186,27 @@ def finish_timeout_timer(run: RunState, first_dispatch_ms: int) -> tuple[str, in
     return f"{run.run_id}:timeout-finish", first_dispatch_ms + t.finish_ms
 
 
-def _lifecycle(run: RunState) -> list[Action]:
-    """A new run's ``cancel_on`` waiters (events accepted after its trigger) and start timeout."""
-    actions: list[Action] = []
+def _cancel_waiters(run: RunState) -> list[Waiter]:
+    """The run's ``cancel_on`` waiters (events accepted after its trigger). Deterministic: the
+    same run gives the same waiters, so they can be registered again."""
+    waiters: list[Waiter] = []
     trigger = run.events[0] if run.events else None
     for i, entry in enumerate(run.function.cancel_on):
         try:
-            waiter = make_waiter(
+            waiters.append(make_waiter(
                 wait_id=f"{run.run_id}:cancel:{i}", app_id=run.app_id, function_id=run.function_id,
                 run_id=run.run_id, event=entry.event, since_ms=run.received_at,
                 expires_ms=run.created_at + entry.timeout_ms, trigger_event=trigger, match=entry.match,
-                if_exp=entry.if_exp, purpose="cancel")
+                if_exp=entry.if_exp, purpose="cancel"))
         except (InvalidExpression, InvalidMatch) as exc:  # a definition from a worker that skipped validation
             raise _BadLifecycle(f"cancel_on[{i}]: {exc}") from None
+    return waiters
+
+
+def _lifecycle(run: RunState) -> list[Action]:
+    """A new run's ``cancel_on`` waiters and start timeout."""
+    actions: list[Action] = []
+    for waiter in _cancel_waiters(run):
         run.cancel_waits.append(waiter.wait_id)
         actions.append(RegisterWait("register_wait", waiter))
     timer = start_timeout_timer(run)
@@ -364,6 +372,37 @@ def end_events(run: RunState, now_ms: int) -> list[EventRecord]:
     return out
 
 
+def standing_outputs(run: RunState) -> list[Action]:
+    """What the run as it stands needs other partitions to hold: its live waiters (``cancel_on``,
+    a pending wait or invoke) and an invoke's event while it waits, or, once it has ended, its
+    system events (:func:`end_events`) and the removal of its ``cancel_on`` waiters.
+
+    A command read again after a crash can find its state already written (RocksDB keeps what
+    the dead process wrote) while the outputs it produced died with the process; the processor
+    then sends these again. Sending them twice is harmless: the router ignores a waiter it
+    holds (one it has resolved meanwhile resolves again, and the run finds that stale), and
+    events keep their ids (event-id dedup starts one run per event; a second resolution of a
+    wait is stale). Dispatches are not here: the dispatcher's reconciliation and leases
+    bring jobs back. A pending waiter stored before ``PendingStep.waiter`` existed is not
+    known, and is not sent.
+    """
+    if run.finished:
+        out: list[Action] = [DropWait("drop_wait", run.app_id, wait_id) for wait_id in run.cancel_waits]
+        out.extend(EmitEvent("emit_event", e) for e in end_events(run, run.ended_at or run.created_at))
+        return out
+    out = []
+    if run.cancel_waits:
+        try:
+            out.extend(RegisterWait("register_wait", w) for w in _cancel_waiters(run) if w.wait_id in run.cancel_waits)
+        except _BadLifecycle:  # cannot happen for a run that started with these waiters
+            pass
+    p = run.pending
+    if p is not None and p.waiter is not None:
+        out.append(RegisterWait("register_wait", Waiter.model_validate(p.waiter)))
+        out.extend(EmitEvent("emit_event", EventRecord.model_validate(e)) for e in p.emitted)
+    return out
+
+
 def skipped(cmd: Trigger, reason: str, detail: str, now_ms: int) -> Decision:
     """Record a triggered run that flow control did not admit: visible, never executed."""
     run = RunState(
@@ -443,7 +482,9 @@ def _begin_durable(run: RunState, cmd: StepOutcome, now_ms: int) -> Decision:
         return Decision(run, changed=True)
     run.pending = PendingStep(kind="wait" if cmd.op == "wait" else "invoke", hash=h, id=step_id,
                               timer_id=f"{job.job_id}:{cmd.op}", due_ms=waiter.expires_ms, wait_id=wait_id,
-                              wait_app=run.app_id, started_at=now_ms)
+                              wait_app=run.app_id, started_at=now_ms, waiter=waiter.model_dump(mode="json"),
+                              emitted=[a.event.model_dump(mode="json", exclude_none=True)
+                                       for a in actions if isinstance(a, EmitEvent)])
     run.job = None
     return Decision(run, [RegisterWait("register_wait", waiter), *actions,
                           StartTimer("start_timer", run.pending.timer_id, waiter.expires_ms)], changed=True)

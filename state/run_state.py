@@ -49,6 +49,11 @@ class PendingStep(BaseModel):
     wait_id: str | None = None
     wait_app: str | None = Field(None, description="the app whose events the wait watches (router partition)")
     started_at: int
+    waiter: dict[str, Any] | None = Field(
+        None, description="a wait or invoke: the waiter registered with the router (JSON of event_waits.Waiter), "
+                          "kept so it can be registered again (run_decisions.standing_outputs)")
+    emitted: list[dict[str, Any]] = Field(
+        default_factory=list, description="an invoke: the event it sent (sluicegate/function.invoked), kept for the same reason")
 
 
 class RunState(BaseModel):

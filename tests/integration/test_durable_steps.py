@@ -367,6 +367,13 @@ def test_cancel_by_event_while_a_step_executes_discards_its_result(engine_cleanu
     time.sleep(1.5)  # its outcome has reached the engine by now
     r = engine_cleanup.http.get(f"/v1/runs/{run['run_id']}").json()
     assert r["status"] == "cancelled" and r.get("output") is None and r["steps"] == []
+    # the late outcome left the run as it was: its end was announced once, not again for it
+    from sluicegate.partitioning import partition_for
+    from sluicegate.system_events import CANCELLED_EVENT
+    announced = _records_of(engine_cleanup, engine_cleanup.settings.events_topic,
+                            partition_for(sg.app_id, engine_cleanup.settings.partitions),
+                            CANCELLED_EVENT.encode(), f'"id":"{run["run_id"]}"'.encode())
+    assert len(announced) == 1
 
 
 def test_after_a_processor_restart_a_wait_looks_back_in_kafka_and_a_pending_wait_survives(
@@ -391,3 +398,72 @@ def test_after_a_processor_restart_a_wait_looks_back_in_kafka_and_a_pending_wait
     assert engine_cleanup.wait_run(pending)["output"] == 1
     assert engine_cleanup.wait_run(raced)["output"] == 2
     assert "looked back over" in processor.tail(20000)
+
+
+def _records_of(engine: "Engine", topic: str, partition: int, *needles: bytes) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every record of one partition whose value contains all ``needles``."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": engine.settings.bootstrap_servers, "group.id": "sgtest-read-partition",
+                  "enable.auto.commit": False})
+    try:
+        end = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        c.assign([TopicPartition(topic, partition, 0)])
+        out: list[tuple[bytes, bytes]] = []
+        offset = -1
+        while offset < end - 1:
+            msg = c.poll(5.0)
+            assert msg is not None and msg.error() is None, f"read {topic}[{partition}] up to {offset} of {end}"
+            offset = msg.offset()
+            if all(n in msg.value() for n in needles):
+                out.append((msg.key(), msg.value()))
+        return out
+    finally:
+        c.close()
+
+
+def test_a_wait_registration_lost_with_a_crashed_processor_is_sent_again_when_its_command_is_read_again(
+        engine_cleanup: "Engine") -> None:
+    """A processor that dies after writing a command's state but before its outputs reach
+    Kafka leaves the run waiting with no waiter at the router. Its successor reads the command
+    again, finds the state already written, and must register the wait again. Reproduced on
+    the real stack: with the processor down, the waiter is dropped at the router (the lost
+    registration) and the command that planned the wait is put back into the span the new
+    processor reads again; the matching event goes by meanwhile and must still resume the run
+    (the re-registered waiter looks back), long before the wait's 10-minute timeout."""
+    from sluicegate.kafka_clients import make_producer
+    from sluicegate.partitioning import function_key, partition_for
+    from sluicegate.processors.wait_router import control_drop
+
+    sg = engine_cleanup.app("relost")
+
+    @sg.function(id="await-ack", trigger=TriggerEvent(event="ship.requested"))
+    def await_ack(ctx: Any, step: Any) -> Any:
+        ack = step.wait_for_event("ack", event="ship.acked", match="data.parcel", timeout="10m")
+        return None if ack is None else ack["data"]["by"]
+
+    engine_cleanup.start_worker(sg)
+    [event_id] = sg.send({"name": "ship.requested", "data": {"parcel": "p-9"}})
+    run = engine_cleanup.wait_run(event_id, until=lambda r: any(s["status"] == "waiting" for s in r.get("steps", [])))
+    [waiting] = [s for s in run["steps"] if s["status"] == "waiting"]
+    wait_id = f"{run['run_id']}:{waiting['hash']}"
+    settings = engine_cleanup.settings
+    key = function_key(sg.app_id, "await-ack")
+    results_partition = partition_for(key, settings.partitions)
+    [(outcome_key, outcome)] = _records_of(engine_cleanup, settings.results_topic, results_partition,
+                                           run["run_id"].encode(), b'"op":"wait"')
+
+    processor = engine_cleanup.processor
+    processor.kill()
+    producer = make_producer(settings.bootstrap_servers)
+    producer.produce(settings.events_topic, control_drop(wait_id), sg.app_id.encode(),
+                     partition=partition_for(sg.app_id, settings.partitions))
+    producer.flush(10)
+    sg.send({"name": "ship.acked", "data": {"parcel": "p-9", "by": "courier"}})  # after the drop, same partition
+    producer.produce(settings.results_topic, outcome, outcome_key, partition=results_partition)
+    assert producer.flush(10) == 0
+    processor.start()
+
+    done = engine_cleanup.wait_run(event_id, timeout=60)
+    assert (done["status"], done["output"]) == ("completed", "courier")
+    assert done["ended_at"] - done["created_at"] < 300_000  # resumed by the event, not by the timeout

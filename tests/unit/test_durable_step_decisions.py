@@ -21,7 +21,7 @@ from sluicegate.processors.event_waits import Waiter, accepts
 from sluicegate.processors.run_decisions import (MAX_END_EVENT_EVENTS_BYTES, Decision, DeleteTimer, Dispatch,
                                                DispatchRef, DropWait, EmitEvent, RegisterWait, StartTimer, decide,
                                                end_events, finish_timeout_timer, job_for, queued,
-                                               start_timeout_timer)
+                                               standing_outputs, start_timeout_timer)
 from sluicegate.sdk import Sluicegate, StepError, testing
 from sluicegate.sdk.step import step_hash
 from sluicegate.state.run_state import PendingStep, RunState, StepRecord
@@ -282,7 +282,8 @@ def test_wait_registers_a_waiter_and_a_timeout_timer(fields: dict[str, Any], if_
     assert d.actions == [RegisterWait("register_wait", waiter), StartTimer("start_timer", f"{RUN}.0:wait", expires)]
     assert (new.status, new.job) == ("running", None)
     assert new.pending == PendingStep(kind="wait", hash=H_PAY, id="pay", timer_id=f"{RUN}.0:wait", due_ms=expires,
-                                      wait_id=f"{RUN}:{H_PAY}", wait_app=APP, started_at=NOW)
+                                      wait_id=f"{RUN}:{H_PAY}", wait_app=APP, started_at=NOW,
+                                      waiter=waiter.model_dump(mode="json"))  # kept to send again
     assert new.view().steps == [StepView(hash=H_PAY, id="pay", status="waiting", kind="wait", until=expires)]
 
 
@@ -409,7 +410,8 @@ def test_invoke_emits_function_invoked_and_waits_for_function_finished(fields: d
         f"{RUN}:{H_CHARGE}", APP, FINISHED_EVENT, "invoke", NOW, NOW + timeout, {})
     assert new.pending == PendingStep(kind="invoke", hash=H_CHARGE, id="charge", timer_id=f"{RUN}.0:invoke",
                                       due_ms=NOW + timeout, wait_id=f"{RUN}:{H_CHARGE}", wait_app=APP,
-                                      started_at=NOW)
+                                      started_at=NOW, waiter=w.model_dump(mode="json"),
+                                      emitted=[emit.event.model_dump(mode="json", exclude_none=True)])
     assert new.view().steps == [StepView(hash=H_CHARGE, id="charge", status="waiting", kind="invoke",
                                          until=NOW + timeout)]
 
@@ -949,3 +951,114 @@ def test_sleep_to_a_past_time_counts_against_the_step_limit(steps: int, status: 
         assert work(d) == [] and H_NAP not in new.steps
     else:
         assert d.actions == [next_dispatch(1)] and new.steps[H_NAP].output is None
+
+
+# -- standing outputs: what a command read again after a crash sends again ---------------------
+
+
+def _outputs(d: Decision) -> list[object]:
+    """What a decision sends to other partitions (waiters, events)."""
+    return [a for a in d.actions if isinstance(a, (RegisterWait, DropWait, EmitEvent))]
+
+
+def _reloaded(run: RunState) -> RunState:
+    """The run as the processor reads it back from RocksDB."""
+    return RunState.model_validate_json(run.model_dump_json())
+
+
+def _outcome(run: RunState, op: str, **fields: Any) -> StepOutcome:
+    assert run.job is not None
+    return StepOutcome(app_id=APP, function_id=FN, run_id=RUN, job_id=run.job.job_id, attempt=run.job.attempt,
+                       op=op, started_at=ENDED - 2, ended_at=ENDED, **fields)  # type: ignore[arg-type]
+
+
+def _new(defn: FunctionDefinition) -> tuple[RunState, list[object]]:
+    d = apply(None, trigger(defn))
+    return state_of(d), _outputs(d)
+
+
+def _then(defn: FunctionDefinition, make_cmd: Callable[[RunState], Any], *,
+          keep: Callable[[object], bool] = lambda _a: True) -> tuple[RunState, list[object]]:
+    """A new run, then one command: what both sent that the run as it ends up still needs
+    (``keep`` leaves out what its last state no longer holds)."""
+    run, first = _new(defn)
+    d = apply(run, make_cmd(run), NOW + 5)
+    new = state_of(d)
+    earlier = [] if new.finished else first
+    return new, [*earlier, *(a for a in _outputs(d) if keep(a))]
+
+
+NO_LIFECYCLE = definition()
+FAILS_AT_ONCE = definition(cancel_on=[Cancel("order.cancelled", match="data.order_id")], retries=0)
+
+
+@pytest.mark.parametrize("make", [
+    pytest.param(lambda: _new(NO_LIFECYCLE), id="running-no-cancel-on-nothing"),
+    pytest.param(lambda: _new(LIFECYCLE), id="running-its-cancel-waiter"),
+    pytest.param(lambda: (_lc_queued(), _outputs(queued(trigger(LIFECYCLE), NOW, "singleton/shop/checkout/"))),
+                 id="queued-its-cancel-waiter"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: durable(r, "sleep", "nap", duration_ms=60_000)),
+                 id="sleeping-the-cancel-waiter-only"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: durable(r, "wait", "pay", wait_event="payment.done",
+                                                            wait_match="data.order_id", timeout_ms=60_000)),
+                 id="waiting-and-the-wait"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: durable(r, "invoke", "charge", invoke_function="charge-card",
+                                                            invoke_app="billing", invoke_data={"amount": 12},
+                                                            timeout_ms=60_000)),
+                 id="invoking-the-wait-and-the-invoked-event"),
+    pytest.param(lambda: _then(NO_LIFECYCLE, lambda r: durable(r, "invoke", "charge", invoke_function="charge-card")),
+                 id="invoking-without-cancel-on"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: _outcome(r, "run_ok", data={"total": 3})),
+                 id="completed-drop-cancel-waiter-and-end-events"),
+    pytest.param(lambda: _then(FAILS_AT_ONCE, lambda r: _outcome(r, "step_error", step_hash=H_CHARGE,
+                                                                 step_id="charge", error=ErrorInfo(message="x"),
+                                                                 no_retry=True)),
+                 id="failed-finished-and-failed-events"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: cancel_cmd()), id="cancelled-finished-and-cancelled-events"),
+    pytest.param(lambda: _then(LIFECYCLE, lambda r: resolved(f"{RUN}:cancel:0", PAYLOAD)),
+                 id="cancelled-by-its-cancel-event"),
+])
+def test_standing_outputs_are_what_the_run_as_it_stands_sent_to_other_partitions(
+        make: Callable[[], tuple[RunState, list[object]]]) -> None:
+    """What a processor sends again when a command read again after a crash finds its state
+    already written: the waiters the run still holds and the events it sent, equal to the
+    ones first sent (same ids, same content), from the state as read back from RocksDB."""
+    run, expected = make()
+    assert standing_outputs(_reloaded(run)) == expected
+
+
+def test_standing_outputs_of_a_run_cancelled_while_waiting_leave_out_the_wait_it_no_longer_holds() -> None:
+    run = _lc_durable("wait", "pay", wait_event="payment.done", timeout_ms=60_000)
+    d = apply(run, cancel_cmd(), NOW + 5)
+    pending_drop = DropWait("drop_wait", APP, f"{RUN}:{H_PAY}")
+    assert pending_drop in _outputs(d)
+    assert standing_outputs(_reloaded(state_of(d))) == [a for a in _outputs(d) if a != pending_drop]
+
+
+def test_standing_outputs_of_a_skipped_run_drop_its_cancel_waiter_and_tell_no_one() -> None:
+    from sluicegate.processors.run_decisions import skip_queued
+    d = skip_queued(_lc_queued(), "singleton", "replaced", NOW + 5)
+    assert standing_outputs(_reloaded(state_of(d))) == _outputs(d) == [CANCEL_WAIT]
+
+
+def test_a_pending_wait_stored_before_waiters_were_kept_sends_only_the_cancel_waiter() -> None:
+    run = _lc_durable("wait", "pay", wait_event="payment.done", timeout_ms=60_000)
+    assert run.pending is not None
+    old = run.model_copy(update={"pending": run.pending.model_copy(update={"waiter": None, "emitted": []})})
+    [only] = standing_outputs(_reloaded(old))
+    assert isinstance(only, RegisterWait) and only.waiter.wait_id == f"{RUN}:cancel:0"
+
+
+@pytest.mark.parametrize("make_cmd", [
+    pytest.param(lambda r: durable(r, "wait", "pay", wait_event="payment.done", timeout_ms=60_000), id="wait"),
+    pytest.param(lambda r: durable(r, "invoke", "charge", invoke_function="charge-card"), id="invoke"),
+])
+def test_the_outcome_that_began_a_wait_read_again_changes_nothing(make_cmd: Callable[[RunState], Any]) -> None:
+    """The processor sends the standing outputs for exactly this: a re-read that leaves the
+    run as it is (else the decision itself sends what it must)."""
+    run = started()
+    cmd = make_cmd(run)
+    new = state_of(apply(run, cmd))
+    again = apply(_reloaded(new), cmd, NOW + 50)
+    assert (again.changed, again.actions) == (False, [])
+    assert [type(a).__name__ for a in standing_outputs(new)][:1] == ["RegisterWait"]
