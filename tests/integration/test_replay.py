@@ -9,6 +9,7 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from sluicegate.processors.replay_plan import CHUNK_EVENTS
 from sluicegate.sdk import NonRetriableError, TriggerEvent
 
 from polling import wait_until as _wait
@@ -137,32 +138,63 @@ def test_a_replay_resumes_after_a_processor_crash_without_duplicates(engine_clea
 
 
 def test_live_events_keep_their_turn_during_a_large_replay(engine_cleanup: "Engine") -> None:
+    """The B4 bound in behaviour (DESIGN invariant 3): a live event sent while a replay of
+    2,000 events is backlogged starts after at most one replay chunk and one window of the
+    function's replayed runs, not after the replay. Ordering comes from the steps themselves
+    (one monotonic clock: the worker runs in this process); no speed is asserted."""
     engine = engine_cleanup
     sg = engine.app("replay-live")
+    limit = 4
+    lock = threading.Lock()
+    replaying = threading.Event()
+    starts: list[tuple[float, bool]] = []  # (when its step started, live), once the replay runs
 
-    @sg.function(id="work", trigger=TriggerEvent(event="job"), concurrency=4)
+    def body(live: bool) -> str:
+        if replaying.is_set():
+            with lock:
+                starts.append((time.monotonic(), live))
+        time.sleep(0.005)
+        return "ok"
+
+    @sg.function(id="work", trigger=TriggerEvent(event="job"), concurrency=limit)
     def work(ctx: Any, step: Any) -> str:
-        return step.run("w", lambda: time.sleep(0.005) or "ok")
+        return step.run("w", lambda: body(bool(ctx.event["data"].get("live"))))
 
-    engine.start_worker(sg, concurrency=4)
+    engine.start_worker(sg, concurrency=limit)
     since = int(time.time() * 1000) - 1
     ids = sg.send([{"name": "job", "data": {"n": n}} for n in range(2000)])
     engine.wait_run(ids[-1], timeout=180)
     until = int(time.time() * 1000) + 1
+    replaying.set()
     r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until})
     assert r.status_code == 202
     replay_id = r.json()["id"]
     _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").status_code == 200, 30, "the replay to start")
-    time.sleep(1.0)  # the replay's runs are backlogged now
+    _wait(lambda: len(starts) >= 200, 60, "the replay to be under way")  # the rest is backlogged
     [live] = sg.send({"name": "job", "data": {"live": True}})
-    sent = time.time() * 1000
+    with lock:  # acknowledged: accepted into sg.events; later starts are stamped after this
+        sent, pending = time.monotonic(), 2000 - len(starts)
+    assert pending > CHUNK_EVENTS + engine.settings.dispatch_window  # a FIFO queue would start them all first
     live_run = engine.wait_run(live, timeout=120)
+    assert live_run["status"] == "completed"
     replay_state = engine.http.get(f"/v1/replays/{replay_id}").json()
-    print(f"live run started {live_run['steps'][0]['attempts'][0]['started_at'] - sent:.0f} ms after it was sent, "
-          f"replay at {replay_state['events_read']}/{replay_state['total']} events")
-    # the live run did not wait for the replay's 2000 runs: it finished while replayed runs were still pending
-    backlog = engine.http.get(f"/v1/functions/{sg.app_id}/work/queue").json()
-    assert replay_state["status"] == "running" or backlog.get("backlog", 0) > 0
+    with lock:
+        [live_start] = [t for t, is_live in starts if is_live]
+        replayed = [t for t, is_live in starts if not is_live]
+    ahead = sum(1 for t in replayed if sent < t < live_start)
+    print(f"live run started {(live_start - sent) * 1000:.0f} ms after it was accepted, after {ahead} replayed "
+          f"starts; replay at {replay_state['events_read']}/{replay_state['total']} events")
+    # what may go first: the replay's one chunk of triggers waiting ahead of it in the
+    # function's partition (each run they start, and the results handled meanwhile, start
+    # replayed runs), then one window; with one FIFO queue the whole backlog would
+    window = engine.settings.dispatch_window
+    assert ahead <= CHUNK_EVENTS + window, f"{ahead} replayed runs started between its acceptance and its start"
+    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").json().get("status") == "done", 120, "the replay")
+    _wait(lambda: len(starts) >= 2001, 120, "every replayed run to start")
+    with lock:
+        after = sum(1 for t, is_live in starts if not is_live and t > live_start)
+    print(f"{after} of the {pending} replayed runs not started when it was sent started after it")
+    assert after >= pending - ahead  # each of them started, the few above before it and the rest after
 
 
 def test_a_replay_of_slow_steps_leaves_live_runs_a_share_of_the_window(engine_cleanup: "Engine") -> None:
