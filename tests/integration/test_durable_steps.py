@@ -7,7 +7,13 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable
 
+from confluent_kafka import Consumer, TopicPartition
+
+from sluicegate.kafka_clients import make_producer
+from sluicegate.partitioning import function_key, partition_for
+from sluicegate.processors.wait_router import control_drop
 from sluicegate.sdk import Cancel, NonRetriableError, StepError, Timeouts, TriggerEvent
+from sluicegate.system_events import CANCELLED_EVENT
 
 from polling import wait_until as _wait
 
@@ -368,8 +374,6 @@ def test_cancel_by_event_while_a_step_executes_discards_its_result(engine_cleanu
     r = engine_cleanup.http.get(f"/v1/runs/{run['run_id']}").json()
     assert r["status"] == "cancelled" and r.get("output") is None and r["steps"] == []
     # the late outcome left the run as it was: its end was announced once, not again for it
-    from sluicegate.partitioning import partition_for
-    from sluicegate.system_events import CANCELLED_EVENT
     announced = _records_of(engine_cleanup, engine_cleanup.settings.events_topic,
                             partition_for(sg.app_id, engine_cleanup.settings.partitions),
                             CANCELLED_EVENT.encode(), f'"id":"{run["run_id"]}"'.encode())
@@ -402,8 +406,6 @@ def test_after_a_processor_restart_a_wait_looks_back_in_kafka_and_a_pending_wait
 
 def _records_of(engine: "Engine", topic: str, partition: int, *needles: bytes) -> list[tuple[bytes, bytes]]:
     """(key, value) of every record of one partition whose value contains all ``needles``."""
-    from confluent_kafka import Consumer, TopicPartition
-
     c = Consumer({"bootstrap.servers": engine.settings.bootstrap_servers, "group.id": "sgtest-read-partition",
                   "enable.auto.commit": False})
     try:
@@ -431,9 +433,6 @@ def test_a_wait_registration_lost_with_a_crashed_processor_is_sent_again_when_it
     registration) and the command that planned the wait is put back into the span the new
     processor reads again; the matching event goes by meanwhile and must still resume the run
     (the re-registered waiter looks back), long before the wait's 10-minute timeout."""
-    from sluicegate.kafka_clients import make_producer
-    from sluicegate.partitioning import function_key, partition_for
-    from sluicegate.processors.wait_router import control_drop
 
     sg = engine_cleanup.app("relost")
 

@@ -20,7 +20,7 @@ from sluicegate.lifecycle_config import Cancel, Timeouts
 from sluicegate.processors.event_waits import Waiter, accepts
 from sluicegate.processors.run_decisions import (MAX_END_EVENT_EVENTS_BYTES, Decision, DeleteTimer, Dispatch,
                                                DispatchRef, DropWait, EmitEvent, RegisterWait, StartTimer, decide,
-                                               end_events, finish_timeout_timer, job_for, queued,
+                                               end_events, finish_timeout_timer, job_for, queued, skip_queued,
                                                standing_outputs, start_timeout_timer)
 from sluicegate.sdk import Sluicegate, StepError, testing
 from sluicegate.sdk.step import step_hash
@@ -1036,7 +1036,6 @@ def test_standing_outputs_of_a_run_cancelled_while_waiting_leave_out_the_wait_it
 
 
 def test_standing_outputs_of_a_skipped_run_drop_its_cancel_waiter_and_tell_no_one() -> None:
-    from sluicegate.processors.run_decisions import skip_queued
     d = skip_queued(_lc_queued(), "singleton", "replaced", NOW + 5)
     assert standing_outputs(_reloaded(state_of(d))) == _outputs(d) == [CANCEL_WAIT]
 
