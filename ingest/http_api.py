@@ -180,7 +180,7 @@ def create_api(settings: Settings, *, keys: EventKeys | None = None,
         return EventRuns(data=state["runs"].store.runs_for_event(event_id))
 
     @app.get("/v1/functions/{app_id}/{function_id}/skips", response_model=SkipCounts,
-             dependencies=[Depends(_api_auth)], summary="How many runs flow control skipped, by reason")
+             dependencies=[Depends(_api_auth)], summary="How many of the runs kept flow control skipped, by reason")
     async def function_skips(app_id: str, function_id: str) -> SkipCounts:
         return SkipCounts(counts=state["runs"].store.skip_counts(app_id, function_id))
 

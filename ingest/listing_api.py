@@ -113,7 +113,8 @@ class FunctionSummary(BaseModel):
     registered: bool = Field(True, description="false: known only from its runs (not in this API's registry view)")
     triggers: list[str] = Field(default_factory=list, description="event names (with wildcards) that start it")
     crons: list[str] = Field(default_factory=list)
-    runs: dict[str, int] = Field(description="runs stored per status (all six statuses)")
+    runs: dict[str, int] = Field(description=(
+        "runs stored per status (all six statuses); an ended run is kept SLUICEGATE_RUN_RETENTION_MS (7 days)"))
     backlog: int = Field(0, description="steps ready to run and waiting for their turn (dispatcher)")
     in_flight: int = Field(0, description="steps dispatched and not answered yet")
     waiting: dict[str, int] = Field(default_factory=dict, description="backlog by reason")

@@ -3,7 +3,8 @@
 Reads every partition (no consumer group: each API process keeps a full read model) and
 stores views together with the next offset per partition, in one atomic batch; the listing
 indexes and per-status counters of ``GET /v1/runs`` and ``GET /v1/functions`` are written in
-that same batch (:mod:`sluicegate.state.run_view_store`). A read model written before the
+that same batch (:mod:`sluicegate.state.run_view_store`). A tombstone (a run deleted at the
+end of its retention) deletes the run from the read model. A read model written before the
 indexes existed is indexed once, before following resumes.
 """
 
@@ -49,22 +50,25 @@ class RunViewFollower:
             c.assign(assignment)
             while not self._stop.is_set():
                 msgs = c.consume(500, 0.05)
-                views: dict[str, RunView] = {}
+                changes: dict[str, RunView | None] = {}  # the last of each run; None: deleted (retention)
                 offsets: dict[int, int] = {}
                 for m in msgs:
                     if m.error():
                         continue
                     offsets[m.partition()] = m.offset() + 1
                     if m.value() is None:
+                        if m.key():
+                            changes[m.key().decode()] = None
                         continue
                     try:
                         v = RunView.model_validate_json(m.value())
                     except ValueError:
                         log.warning("run views: undecodable record at %s/%s", m.partition(), m.offset())
                         continue
-                    views[v.run_id] = v
+                    changes[v.run_id] = v
                 if offsets:
-                    self.store.apply(list(views.values()), offsets)
+                    self.store.apply([v for v in changes.values() if v is not None], offsets,
+                                     deleted=[run_id for run_id, v in changes.items() if v is None])
         except Exception:  # pragma: no cover - surfaced in logs; the API keeps serving what it has
             log.exception("run views: follower stopped")
         finally:

@@ -61,7 +61,7 @@ from ..state.dispatch_record import ActiveRun
 from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
-from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, FunctionDefinition, Heartbeat,
+from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, ExpireRuns, FunctionDefinition, Heartbeat,
                     ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
@@ -72,7 +72,9 @@ from .intake_lanes import command_lane, is_background
 from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
+from . import run_retention as retention
 from .reread_window import RereadWindow
+from .retention_stage import RetentionStage
 from .run_decisions import (Action, Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
                             RegisterWait, StartTimer, cancel, decide, rerun, standing_outputs)
 from .table_reads import stored
@@ -114,7 +116,7 @@ def _broker_url(bootstrap: str) -> str:
     return ";".join(f"kafka://{h.strip()}" for h in bootstrap.split(","))
 
 
-class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
+class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStage):
     """Holds the faust app and its helpers; ``create_app`` builds one."""
 
     def __init__(self, settings: Settings) -> None:
@@ -163,6 +165,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self.waits = self.app.Table("waits", key_type=bytes, value_type=bytes, partitions=s.partitions)
         # replays' progress: processors/replay_stage.py
         self.replays = self.app.Table("replays", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        # ended runs by when they may be deleted: processors/retention_stage.py
+        self.expiry = self.app.Table("expiry", key_type=bytes, value_type=bytes, partitions=s.partitions)
+        self._expiry_sent = {}
         self._replay_readers = {}
         self._wait_index = {}
         self._lookback = {}
@@ -207,6 +212,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
             self._waits_dirty = True
             self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
+            self._expiry_sent.clear()  # an ExpireRuns in flight may have been dropped
             await self._learn_reread_window()
             if not self._gc_frozen:
                 # what exists once the processor is up (faust, aiokafka, modules: ~100k
@@ -221,6 +227,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         app.agent(self.function_topics, name="sluicegate.functions")(self._functions)
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
         app.timer(1.0, name="sluicegate.cron_sync")(self._cron_sync)
+        app.timer(retention.SWEEP_INTERVAL_S, name="sluicegate.retention")(self._retention_tick)
 
     async def _learn_reread_window(self) -> None:
         """Note where each function partition ended when this process took it over
@@ -460,6 +467,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         if isinstance(cmd, Heartbeat):
             self._on_heartbeat(cmd, partition, now)
             return
+        if isinstance(cmd, ExpireRuns):
+            await self._on_expire_runs(partition, now)
+            return
         if isinstance(cmd, CronSync) or (isinstance(cmd, TimerFired) and (cmd.flow_key or "").startswith("cron/")):
             decisions = self._on_cron(cmd, now)
         elif isinstance(cmd, TimerFired) and cmd.flow_key:
@@ -533,6 +543,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         await self._send_outputs(decision.actions)
         if state.finished:
             self._run_finished(state, partition)
+            self._note_ended(state)
         self._views[state.run_id] = state  # sent after the window refill: _send_views
         if state.finished and state.singleton_key is not None:
             for follow_up in self._on_run_end(state, now_ms()):
@@ -663,6 +674,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._heap_dirty = False
         log.info("timers: rebuilt index with %d pending timer(s)", len(heap))
 
+    async def _retention_tick(self) -> None:
+        if not self.app.rebalancing:
+            await self._sweep_expired(now_ms())
+
     async def _fire_due_timers(self) -> None:
         if self.app.rebalancing:
             return
@@ -715,7 +730,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage):
         self._stats_sent = current
 
 
-TABLES = ("runs", "timers", "flow", "dispatch", "waits", "replays")
+TABLES = ("runs", "timers", "flow", "dispatch", "waits", "replays", "expiry")
 
 
 def changelog_topics(settings: Settings) -> list[NewTopic]:
@@ -729,6 +744,9 @@ def changelog_topics(settings: Settings) -> list[NewTopic]:
 
 def create_processor(settings: Settings) -> Processor:
     faust_tuning.apply(settings.processor_fetch_wait_ms)
+    if settings.run_retention_ms < retention.MIN_SAFE_RETENTION_MS:
+        log.warning("SLUICEGATE_RUN_RETENTION_MS=%d is under 24 h: a repeated event id can start a second run "
+                    "once the first run is deleted", settings.run_retention_ms)
     ensure_core_topics(settings)
     create_topics(settings, changelog_topics(settings))
     settings.data_dir.mkdir(parents=True, exist_ok=True)

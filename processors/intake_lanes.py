@@ -15,6 +15,8 @@ choice of lane is the choice of what may overtake what:
   order, with its debounce, batch and cron timers: one lane, offset order.
 * ``("replay", id)`` — a replay's triggers and the mark that follows each chunk of them: a
   background lane (:func:`is_background`), served only when no live trigger waits.
+* ``("housekeeping",)`` — deleting runs past their retention (``ExpireRuns``): a background
+  lane too.
 * ``("control",)`` — everything else (bulk cancellations, reruns, replay control), in order.
 """
 
@@ -22,12 +24,13 @@ from __future__ import annotations
 
 from typing import Hashable
 
-from ..wire import AnyCommand, CronSync, FunctionDefinition, ReplayMark, TimerFired, Trigger
+from ..wire import AnyCommand, CronSync, ExpireRuns, FunctionDefinition, ReplayMark, TimerFired, Trigger
 from .dispatch.run_keys import run_keys
 from .fair_intake import RESULTS
 
 RESULT_KINDS = frozenset({"outcome", "heartbeat", "dispatch_tick", "wait_resolved", "cancel"})
 CONTROL = ("control",)
+HOUSEKEEPING = ("housekeeping",)
 
 
 def order_sensitive(fn: FunctionDefinition) -> bool:
@@ -38,8 +41,8 @@ def order_sensitive(fn: FunctionDefinition) -> bool:
 
 
 def is_background(lane: Hashable) -> bool:
-    """A replay's lane: its chunk waits behind live new work of the partition."""
-    return isinstance(lane, tuple) and len(lane) == 2 and lane[0] == "replay"
+    """A replay's lane, or housekeeping: they wait behind live new work of the partition."""
+    return lane == HOUSEKEEPING or (isinstance(lane, tuple) and len(lane) == 2 and lane[0] == "replay")
 
 
 def command_lane(cmd: AnyCommand | None, from_results: bool = False) -> Hashable:
@@ -58,6 +61,8 @@ def command_lane(cmd: AnyCommand | None, from_results: bool = False) -> Hashable
         return ("key", cmd.app_id, cmd.function_id, run_keys(cmd.function, event).key)
     if isinstance(cmd, ReplayMark):
         return ("replay", cmd.replay_id)
+    if isinstance(cmd, ExpireRuns):
+        return HOUSEKEEPING
     if isinstance(cmd, (TimerFired, CronSync)):
         return ("fn", cmd.app_id, cmd.function_id)
     return CONTROL

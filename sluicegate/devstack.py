@@ -48,6 +48,7 @@ class ProcessorProcess:
             "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
             "SLUICEGATE_REPLAY_WINDOW_SHARE": str(s.replay_window_share),
             "SLUICEGATE_LEASE_MS": str(s.lease_ms),
+            "SLUICEGATE_RUN_RETENTION_MS": str(s.run_retention_ms),
             "SLUICEGATE_PROCESSOR_FETCH_WAIT_MS": str(s.processor_fetch_wait_ms),
             "SLUICEGATE_PROCESSOR_BUFFER": str(s.processor_buffer),
             "SLUICEGATE_PROCESSOR_FETCH_BYTES": str(s.processor_fetch_bytes),

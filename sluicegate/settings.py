@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     partitions: int = Field(4, ge=1, le=1024, description="Partitions of sg.events, sg.commands and every sg.work.<app>.")
     replication_factor: int = Field(1, ge=1)
     events_retention_ms: int = Field(7 * 24 * 3600 * 1000, description="Retention of raw events in sg.events (the replay source).")
+    run_retention_ms: int = Field(7 * 24 * 3600 * 1000, ge=1000, description=(
+        "How long an ended run (its state, view and listing entries) is kept after it ended. Keep it at "
+        "least 24 h: a repeated event id starts no second run only while the first one is kept."))
     data_dir: Path = Field(Path(".sluicegate/data"), description="Local RocksDB state of processors and the API's run view.")
     processor_id: str = Field("sluicegate-processor", description="faust app id (consumer group) of the processors.")
     http_host: str = "127.0.0.1"

@@ -182,6 +182,14 @@ class DispatchTick(_Model):
     at_ms: int
 
 
+class ExpireRuns(_Model):
+    """Self-addressed, to one partition of ``sg.commands``: delete the ended runs whose
+    retention is over (``processors/run_retention.py``)."""
+
+    kind: Literal["expire_runs"] = "expire_runs"
+    partition: int
+
+
 class TimerFired(_Model):
     """Self-addressed: a durable timer of this function's partition is due."""
 
@@ -319,7 +327,7 @@ class RerunRun(_Model):
 
 AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick, CancelRun, CancelRuns,
                    WaitResolved, ReplayStart, ReplayContinue, ReplayCancel, ReplayTally, ReplayMark, ReplayAck,
-                   RerunRun]
+                   RerunRun, ExpireRuns]
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 

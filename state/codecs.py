@@ -8,12 +8,20 @@ Timer key (function processor, table ``timers``)::
 
   A forward scan walks timers soonest first; a due-scan stops at the first key > now.
 
+Run-expiry key (function processor, table ``expiry``; one per ended run)::
+
+    expires_ms : 8 bytes, unsigned big-endian (the run's end + the run retention)
+    run_id : UTF-8 bytes, the rest of the key
+
+  Read in key order straight from the partition's RocksDB, never held in memory; faust's
+  own offset key (``__faust\x00offset__``) sorts after every expiry key and is not one.
+
 Run-view keys (the API's read model, one RocksDB)::
 
     b"r/" ‖ run_id                          -> RunView JSON
     b"e/" ‖ event_id ‖ b"\\x00" ‖ run_id    -> b"" (index: runs started by an event)
     b"o/" ‖ partition (4 bytes big-endian)  -> next offset to read of sg.runs (8 bytes big-endian)
-    b"c/skip/" ‖ app ‖ b"/" ‖ fn ‖ b"/" ‖ reason  -> skipped runs so far (8 bytes big-endian)
+    b"c/skip/" ‖ app ‖ b"/" ‖ fn ‖ b"/" ‖ reason  -> skipped runs stored (8 bytes big-endian)
 
   ``event_id`` and ``run_id`` never contain NUL (ids are validated at ingestion); app and
   function ids never contain ``/`` (:mod:`sluicegate.ids`).
@@ -52,6 +60,19 @@ def timer_key(due_ms: int, timer_id: str) -> bytes:
 
 
 def parse_timer_key(key: bytes) -> tuple[int, str]:
+    return _U64.unpack_from(key)[0], key[8:].decode()
+
+
+def expiry_key(expires_ms: int, run_id: str) -> bytes:
+    if expires_ms < 0:
+        raise ValueError("expires_ms must be >= 0")
+    return _U64.pack(expires_ms) + run_id.encode()
+
+
+def parse_expiry_key(key: bytes) -> tuple[int, str] | None:
+    """(expires_ms, run_id), or None for a key of another layout (faust's offset key)."""
+    if len(key) <= 8 or key[0] != 0:  # expiry times stay below 2**56 ms (year ~2.3 million)
+        return None
     return _U64.unpack_from(key)[0], key[8:].decode()
 
 

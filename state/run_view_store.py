@@ -22,6 +22,10 @@ time (most updates: a step finished) costs one extra point read and nothing else
 **Counters** per function and status (``c/status/``) move in the same batch: +1 for the
 run's new status, −1 for its previous one, so they always add up to the runs stored.
 
+**Deleting.** A run past its retention arrives as a tombstone (``None``) of its view; the
+run's view, meta record, listing entries and event lookups go, and its counters (status,
+and skip reason for a skipped run) drop by one, in the same batch.
+
 **Cursors.** A page ends at a *position* ``(created_at, run_id)``; the next page starts
 strictly after it. Positions are the same in every index and ``created_at`` never changes,
 so a run that changes status between two pages keeps its place: continuing never lists a
@@ -70,9 +74,10 @@ class RunViewStore:
 
     # -- writing --------------------------------------------------------------------------
 
-    def apply(self, views: list[RunView], offsets: dict[int, int]) -> None:
-        """Store views, their listing indexes and counters and, atomically with them, the
-        next offset to read per partition.
+    def apply(self, views: list[RunView], offsets: dict[int, int], deleted: Iterable[str] = ()) -> None:
+        """Store views, their listing indexes and counters, delete the runs ``deleted`` (a run
+        is in one of the two lists at most) and, atomically with them, the next offset to read
+        per partition.
 
         A run that becomes ``skipped`` (first seen so, or a queued run replaced by a newer
         one) adds one to its function's counter for that reason; a view re-read after a
@@ -91,6 +96,8 @@ class RunViewStore:
             puts[codecs.run_key(v.run_id)] = v.dumps()
             for eid in v.event_ids:
                 puts[codecs.event_run_key(eid, v.run_id)] = b""
+        for run_id in deleted:
+            self._forget(run_id, deletes, counts)
         self._add_counts(counts, puts)
         for p, off in offsets.items():
             puts[codecs.offset_key(p)] = codecs.encode_offset(off)
@@ -126,6 +133,30 @@ class RunViewStore:
             if v.status == "skipped" and prev_status != "skipped":
                 became_skipped.append(v)
         return became_skipped
+
+    def _forget(self, run_id: str, deletes: set[bytes], counts: dict[bytes, int]) -> None:
+        """A deleted run's keys into ``deletes``, its counters down by one into ``counts``."""
+        mkey = codecs.run_meta_key(run_id)
+        meta = self._store.get(mkey)
+        if meta is not None:
+            status, created, app_id, function_id = codecs.decode_run_meta(meta)
+            deletes.update(codecs.run_index_keys(status, created, app_id, function_id, run_id))
+            ckey = codecs.status_counter_key(app_id, function_id, status)
+            counts[ckey] = counts.get(ckey, 0) - 1
+            deletes.add(mkey)
+        rkey = codecs.run_key(run_id)
+        raw = self._store.get(rkey)
+        if raw is None:
+            return
+        deletes.add(rkey)
+        try:
+            view = RunView.model_validate_json(raw)
+        except ValueError:
+            return
+        deletes.update(codecs.event_run_key(eid, run_id) for eid in view.event_ids)
+        if view.status == "skipped" and meta is not None:
+            ckey = codecs.skip_counter_key(view.app_id, view.function_id, view.skip_reason or "skipped")
+            counts[ckey] = counts.get(ckey, 0) - 1
 
     def _add_counts(self, counts: dict[bytes, int], puts: dict[bytes, bytes]) -> None:
         for ckey, delta in counts.items():

@@ -270,6 +270,54 @@ def test_a_view_read_again_after_a_crash_counts_nothing_twice(store: RunViewStor
     assert before[0]["running"] == 1 and before[0]["skipped"] == 1 and before[0]["queued"] == 0
 
 
+# -- deleting runs at the end of their retention ---------------------------------------------------
+
+def keys_naming(kv: KeyValueStore, run_id: str) -> list[bytes]:
+    """Every key of the read model that belongs to one run (view, meta, indexes, event lookup)."""
+    return [k for prefix in (b"r/", b"m/", b"ix/", b"ia/", b"if/", b"e/") for k, _ in kv.scan_prefix(prefix)
+            if k.endswith(run_id.encode())]
+
+
+@pytest.mark.parametrize("final", ["completed", "failed", "cancelled", "skipped"])
+def test_a_deleted_run_leaves_no_key_and_its_counters_drop(store: RunViewStore, kv: KeyValueStore,
+                                                         final: str) -> None:
+    reason = "rate_limited" if final == "skipped" else None
+    store.apply([view("keep", final, skip_reason=reason), view("gone", "running")], {0: 2})
+    store.apply([view("gone", final, skip_reason=reason)], {0: 3})
+    assert len(keys_naming(kv, "gone")) == 6  # view, meta, three indexes, one event lookup
+    store.apply([], {0: 4}, deleted=["gone"])
+
+    assert keys_naming(kv, "gone") == []
+    assert store.run("gone") is None and store.runs_for_event("ev-gone") == []
+    assert [v.run_id for v in store.list_runs().runs] == ["keep"]
+    want = dict.fromkeys(RUN_STATUSES, 0)
+    want[final] = 1
+    assert counts_of(store) == want
+    assert store.skip_counts("shop", "checkout") == ({"rate_limited": 1} if final == "skipped" else {})
+    assert store.next_offset(0) == 4
+    assert [v.run_id for v in store.runs_for_event("ev-keep")] == ["keep"]
+
+
+def test_deleting_a_run_twice_or_one_never_seen_changes_nothing(store: RunViewStore, kv: KeyValueStore) -> None:
+    store.apply([view("r1", "completed"), view("r2", "completed")], {0: 2})
+    store.apply([], {0: 3}, deleted=["r1"])
+    before = (counts_of(store), sorted(k for k, _ in kv.scan_prefix(b"")))
+    store.apply([], {0: 4}, deleted=["r1", "never-seen"])  # a tombstone read again, an unknown run
+    after = (counts_of(store), sorted(k for k, _ in kv.scan_prefix(b"")))
+    assert before[0] == after[0] and before[0]["completed"] == 1
+    assert [k for k in before[1] if not k.startswith(b"o/")] == [k for k in after[1] if not k.startswith(b"o/")]
+
+
+def test_a_run_created_again_after_its_deletion_is_indexed_afresh(store: RunViewStore, kv: KeyValueStore) -> None:
+    store.apply([view("r1", "completed", created=T0)], {0: 1})
+    store.apply([], {0: 2}, deleted=["r1"])
+    store.apply([view("r1", "running", created=T0 + 5)], {0: 3})  # the same run id, started again
+    assert [v.run_id for v in store.list_runs(statuses=["running"]).runs] == ["r1"]
+    assert store.list_runs(statuses=["completed"]).runs == []
+    assert counts_of(store)["running"] == 1 and counts_of(store)["completed"] == 0
+    assert len(keys_naming(kv, "r1")) == 6
+
+
 def test_status_counts_per_function_and_app(store: RunViewStore) -> None:
     views = dataset()
     store.apply(views, {})
