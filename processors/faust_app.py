@@ -517,6 +517,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
                 self._views.setdefault(decision.state.run_id, decision.state)
                 if reread:  # and what it sent to other partitions (waiters, events)
                     await self._send_outputs(standing_outputs(decision.state))
+                    if decision.state.finished:
+                        self._note_ended(decision.state)  # the same entry, if it was lost
 
     async def _apply(self, decision: Decision, partition: int) -> None:
         """Persist one run's decision and forward its actions (the run's partition)."""
@@ -528,6 +530,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         if state.status == "skipped" and not state.events[0]["name"].startswith(RESERVED_PREFIX):
             await self._announce_skip(state)
         self.runs[state.run_id.encode()] = state.model_dump_json().encode()
+        if state.finished:
+            self._note_ended(state)  # with the state it follows from, nothing awaited between
         now = now_ms()
         for action in decision.actions:
             if isinstance(action, Dispatch):
@@ -543,7 +547,6 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         await self._send_outputs(decision.actions)
         if state.finished:
             self._run_finished(state, partition)
-            self._note_ended(state)
         self._views[state.run_id] = state  # sent after the window refill: _send_views
         if state.finished and state.singleton_key is not None:
             for follow_up in self._on_run_end(state, now_ms()):
