@@ -62,6 +62,7 @@ from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, ExpireRuns, FunctionDefinition, Heartbeat,
+                    SweepFlow,
                     ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
                     command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
@@ -73,6 +74,7 @@ from .flow_stage import FlowStage
 from .routing import TriggerIndex, run_id_for, triggers_for
 from .replay_stage import ReplayStage
 from . import run_retention as retention
+from .flow import expiry as flow_expiry
 from .reread_window import RereadWindow
 from .retention_stage import RetentionStage
 from .run_decisions import (Action, Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
@@ -168,6 +170,8 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         # ended runs by when they may be deleted: processors/retention_stage.py
         self.expiry = self.app.Table("expiry", key_type=bytes, value_type=bytes, partitions=s.partitions)
         self._expiry_sent = {}
+        self._flow_cursor = {}
+        self._flow_sweep_sent = {}
         self._replay_readers = {}
         self._wait_index = {}
         self._lookback = {}
@@ -213,6 +217,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
             self._rebalance_ticks_due = True
             self._cron_synced.clear()  # the new owner of each cron function syncs it
             self._expiry_sent.clear()  # an ExpireRuns in flight may have been dropped
+            self._flow_sweep_sent.clear()
             await self._learn_reread_window()
             if not self._gc_frozen:
                 # what exists once the processor is up (faust, aiokafka, modules: ~100k
@@ -228,6 +233,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         app.timer(0.02, name="sluicegate.timers")(self._fire_due_timers)
         app.timer(1.0, name="sluicegate.cron_sync")(self._cron_sync)
         app.timer(retention.SWEEP_INTERVAL_S, name="sluicegate.retention")(self._retention_tick)
+        app.timer(flow_expiry.FLOW_SWEEP_INTERVAL_S, name="sluicegate.flow_sweep")(self._flow_sweep_tick)
 
     async def _learn_reread_window(self) -> None:
         """Note where each function partition ended when this process took it over
@@ -470,6 +476,9 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         if isinstance(cmd, ExpireRuns):
             await self._on_expire_runs(partition, now)
             return
+        if isinstance(cmd, SweepFlow):
+            self._on_sweep_flow(partition, now)
+            return
         if isinstance(cmd, CronSync) or (isinstance(cmd, TimerFired) and (cmd.flow_key or "").startswith("cron/")):
             decisions = self._on_cron(cmd, now)
         elif isinstance(cmd, TimerFired) and cmd.flow_key:
@@ -680,6 +689,10 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
     async def _retention_tick(self) -> None:
         if not self.app.rebalancing:
             await self._sweep_expired(now_ms())
+
+    async def _flow_sweep_tick(self) -> None:
+        if not self.app.rebalancing:
+            await self._sweep_flow_partitions(now_ms())
 
     async def _fire_due_timers(self) -> None:
         if self.app.rebalancing:

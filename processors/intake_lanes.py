@@ -15,8 +15,8 @@ choice of lane is the choice of what may overtake what:
   order, with its debounce, batch and cron timers: one lane, offset order.
 * ``("replay", id)`` — a replay's triggers and the mark that follows each chunk of them: a
   background lane (:func:`is_background`), served only when no live trigger waits.
-* ``("housekeeping",)`` — deleting runs past their retention (``ExpireRuns``): a background
-  lane too.
+* ``("housekeeping",)`` — deleting runs past their retention (``ExpireRuns``) and flow
+  records worth nothing any more (``SweepFlow``): a background lane too.
 * ``("control",)`` — everything else (bulk cancellations, reruns, replay control), in order.
 """
 
@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import Hashable
 
-from ..wire import AnyCommand, CronSync, ExpireRuns, FunctionDefinition, ReplayMark, TimerFired, Trigger
+from ..wire import AnyCommand, CronSync, ExpireRuns, FunctionDefinition, ReplayMark, SweepFlow, TimerFired, Trigger
 from .dispatch.run_keys import run_keys
 from .fair_intake import RESULTS
 
@@ -61,7 +61,7 @@ def command_lane(cmd: AnyCommand | None, from_results: bool = False) -> Hashable
         return ("key", cmd.app_id, cmd.function_id, run_keys(cmd.function, event).key)
     if isinstance(cmd, ReplayMark):
         return ("replay", cmd.replay_id)
-    if isinstance(cmd, ExpireRuns):
+    if isinstance(cmd, (ExpireRuns, SweepFlow)):
         return HOUSEKEEPING
     if isinstance(cmd, (TimerFired, CronSync)):
         return ("fn", cmd.app_id, cmd.function_id)

@@ -10,6 +10,12 @@ deleted once ``run_retention_ms`` has passed (``processors/run_retention.py`` de
   entry, each with its changelog tombstone) and publishes a tombstone for each run's view in
   ``sg.runs``, so the API forgets the run and its listing entries; while more are due, it
   sends itself the next ``ExpireRuns``.
+* Flow-control records (rate limit, throttle, idempotency) that are worth nothing any more
+  are found by a sweep rather than by entries: every
+  :data:`~.flow.expiry.FLOW_SWEEP_INTERVAL_S` the next ``FLOW_SWEEP_BATCH`` records of each
+  owned partition's ``flow`` table are read from a cursor kept in memory (a restart begins a
+  new pass); when some have expired, a ``SweepFlow`` to the partition deletes them
+  (``processors/flow/expiry.py``). An idle processor sends nothing.
 """
 
 from __future__ import annotations
@@ -21,9 +27,10 @@ from ..partitioning import partition_for
 from ..settings import Settings
 from ..state.codecs import expiry_key
 from ..state.run_state import RunState
-from ..wire import ExpireRuns
+from ..wire import ExpireRuns, SweepFlow
+from .flow.expiry import FLOW_SWEEP_BATCH, sweep
 from .run_retention import EXPIRE_BATCH, RESEND_AFTER_MS, due_entries, expires_at
-from .table_reads import keys_in_order, stored
+from .table_reads import items_from, keys_in_order, stored
 
 log = logging.getLogger("sluicegate.retention")
 
@@ -33,8 +40,11 @@ class RetentionStage:
     app: Any
     runs: Any
     expiry: Any
+    flow: Any
     _views: dict[str, RunState]
     _expiry_sent: dict[int, int]
+    _flow_cursor: dict[int, bytes | None]
+    _flow_sweep_sent: dict[int, int]
 
     async def _send(self, topic_name: str, key: str, value: bytes, partition: int) -> None:
         raise NotImplementedError
@@ -84,3 +94,31 @@ class RetentionStage:
                              ExpireRuns(partition=partition).dumps(), partition)
         else:
             self._expiry_sent.pop(partition, None)
+
+    async def _sweep_flow_partitions(self, now: int) -> None:
+        """Read each owned partition's next slice of the ``flow`` table; when it holds records
+        to delete, ask the partition to delete them (``SweepFlow``), else move on."""
+        for tp in self.app.assignor.assigned_actives():
+            if tp.topic != self.settings.commands_topic:
+                continue
+            p = tp.partition
+            sent = self._flow_sweep_sent.get(p)
+            if sent is not None and now - sent < RESEND_AFTER_MS:
+                continue
+            deletes, cursor = sweep(items_from(self.flow, p, self._flow_cursor.get(p)), now, FLOW_SWEEP_BATCH)
+            if not deletes:
+                self._flow_cursor[p] = cursor
+                continue
+            self._flow_sweep_sent[p] = now
+            await self._send(self.settings.commands_topic, f"flow-sweep/{p}", SweepFlow(partition=p).dumps(), p)
+
+    def _on_sweep_flow(self, partition: int, now: int) -> None:
+        """The same slice again, in the agent (its records may have changed): delete what expired."""
+        self._flow_sweep_sent.pop(partition, None)
+        deletes, cursor = sweep(items_from(self.flow, partition, self._flow_cursor.get(partition)), now,
+                                FLOW_SWEEP_BATCH)
+        for key in deletes:
+            self.flow.pop(key, None)
+        self._flow_cursor[partition] = cursor
+        if deletes:
+            log.info("retention: deleted %d expired flow-control record(s) of partition %d", len(deletes), partition)

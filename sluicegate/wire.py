@@ -190,6 +190,15 @@ class ExpireRuns(_Model):
     partition: int
 
 
+class SweepFlow(_Model):
+    """Self-addressed, to one partition of ``sg.commands``: delete the flow-control records
+    of the next slice of the ``flow`` table that are worth nothing any more
+    (``processors/flow/expiry.py``)."""
+
+    kind: Literal["sweep_flow"] = "sweep_flow"
+    partition: int
+
+
 class TimerFired(_Model):
     """Self-addressed: a durable timer of this function's partition is due."""
 
@@ -327,7 +336,7 @@ class RerunRun(_Model):
 
 AnyCommand = Union[Trigger, StepOutcome, TimerFired, CronSync, Heartbeat, DispatchTick, CancelRun, CancelRuns,
                    WaitResolved, ReplayStart, ReplayContinue, ReplayCancel, ReplayTally, ReplayMark, ReplayAck,
-                   RerunRun, ExpireRuns]
+                   RerunRun, ExpireRuns, SweepFlow]
 Command = Annotated[AnyCommand, Field(discriminator="kind")]
 command_adapter: TypeAdapter[AnyCommand] = TypeAdapter(Command)
 

@@ -1,10 +1,13 @@
 """Run retention on a real broker, with an engine of its own whose runs are kept 3 s after
 they end: an ended run disappears from the processor's state (a tombstone in its changelog)
 and from the API (its view, listing entries, event lookup and counters), while a run that
-has not ended stays however old it is."""
+has not ended stays however old it is. Rate-limit state that is worth nothing any more is
+deleted too."""
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -18,7 +21,8 @@ from confluent_kafka import Consumer, TopicPartition
 
 from sluicegate.devstack import ApiServer, ProcessorProcess
 from sluicegate.local_broker import free_port
-from sluicegate.sdk import Sluicegate, TriggerEvent
+from sluicegate.partitioning import function_key
+from sluicegate.sdk import RateLimit, Sluicegate, TriggerEvent
 from sluicegate.settings import Settings
 from sluicegate.topics import ensure_core_topics
 
@@ -74,9 +78,9 @@ def stack(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Ite
         processor.stop()
 
 
-def _changelog_values(stack: Stack, key: bytes) -> list[bytes | None]:
-    """Every value written for ``key`` to the processor's ``runs`` changelog, in order."""
-    topic = f"{stack.settings.processor_id}-runs-changelog"
+def _changelog_values(stack: Stack, key: bytes, table: str = "runs") -> list[bytes | None]:
+    """Every value written for ``key`` to the changelog of one of the processor's tables, in order."""
+    topic = f"{stack.settings.processor_id}-{table}-changelog"
     c = Consumer({"bootstrap.servers": stack.settings.bootstrap_servers, "group.id": "sgtest-changelog",
                   "enable.auto.commit": False})
     try:
@@ -140,6 +144,48 @@ def test_an_ended_run_is_deleted_after_the_retention_and_a_running_one_is_kept(s
         nap_id = sleeping["run_id"]
         assert stack.run(nap_id)["output"] == "rested"  # type: ignore[index]
         _wait(lambda: stack.run(nap_id) is None, 60, "the nap's run to be deleted once ended")
+    finally:
+        worker.stop()
+        sg.close()
+
+
+def test_rate_limit_state_is_deleted_once_it_is_worth_nothing(stack: Stack) -> None:
+    """One GCRA record per key value ever seen would grow the processor's state without end;
+    a record whose bucket is full again decides like no record, and the sweep deletes it."""
+    sg = Sluicegate(app_id=f"rlgc-{uuid.uuid4().hex[:8]}", settings=stack.settings)
+
+    lock = threading.Lock()
+    ran: list[str] = []
+
+    def pong(user: str) -> str:
+        with lock:
+            ran.append(user)
+        return "pong"
+
+    @sg.function(id="per-user", trigger=TriggerEvent(event="ping"),
+                 rate_limit=RateLimit(limit=1, period_ms=1000, key="event.data.user"))
+    def per_user(ctx: Any, step: Any) -> str:
+        return step.run("pong", lambda: pong(ctx.event["data"]["user"]))
+
+    users = [f"u{i}" for i in range(5)]
+    fkey = function_key(sg.app_id, "per-user")
+    keys = [f"rl/{fkey}/{hashlib.sha1(u.encode()).hexdigest()}".encode() for u in users]
+    worker = sg.worker(session_timeout_ms=6000).start()
+    try:
+        sg.send([{"name": "ping", "data": {"user": u}} for u in users])
+        _wait(lambda: sorted(ran) == users, 60, "one run per user")  # (runs go 3 s after they end)
+
+        def deleted() -> bool:
+            return all((v := _changelog_values(stack, k, "flow")) and v[-1] is None for k in keys)
+        _wait(deleted, 60, "every user's rate-limit record to be deleted", interval=1.0)
+        for k in keys:  # written once when the run was admitted, then deleted
+            values = _changelog_values(stack, k, "flow")
+            assert len(values) == 2 and values[0] is not None, (k, values)
+        # and the limit still holds afterwards: the next event of a user is admitted once
+        [_again, dropped] = sg.send([{"name": "ping", "data": {"user": "u0"}}, {"name": "ping", "data": {"user": "u0"}}])
+        _wait(lambda: ran.count("u0") == 2, 60, "u0 admitted again")
+        _wait(lambda: (stack.run_of(dropped) or {}).get("status") == "skipped", 60, "u0's second event dropped")
+        assert ran.count("u0") == 2
     finally:
         worker.stop()
         sg.close()
