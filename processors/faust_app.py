@@ -62,9 +62,8 @@ from ..state.run_state import RunState
 from ..system_events import FINISHED_EVENT, INVOKED_EVENT
 from ..topics import MAX_MESSAGE_BYTES, create_topics, ensure_core_topics
 from ..wire import (AnyCommand, CancelRuns, CronSync, DispatchTick, EventRecord, ExpireRuns, FunctionDefinition, Heartbeat,
-                    SweepFlow,
-                    ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome, TimerFired, Trigger,
-                    command_adapter)
+                    ReplayAck, ReplayCancel, ReplayContinue, ReplayMark, ReplayStart, ReplayTally, RerunRun, StepOutcome,
+                    SweepFlow, TimerFired, Trigger, command_adapter)
 from .dispatcher import STATS_INTERVAL_MS, DispatchStage, PartitionDispatch
 from . import faust_tuning, rdkafka_producer
 from .fair_intake import DEFAULT_CAP as INTAKE_CAP, FairIntake
