@@ -9,6 +9,9 @@ import time
 from collections import Counter
 from typing import TYPE_CHECKING, Any
 
+from confluent_kafka import Consumer, TopicPartition
+
+from sluicegate.partitioning import partition_for
 from sluicegate.processors.replay_plan import CHUNK_EVENTS
 from sluicegate.sdk import NonRetriableError, TriggerEvent
 
@@ -137,22 +140,38 @@ def test_a_replay_resumes_after_a_processor_crash_without_duplicates(engine_clea
         assert len([x for x in _runs(engine, eid) if x.get("replay_id") == replay_id]) == 1
 
 
-def test_live_events_keep_their_turn_during_a_large_replay(engine_cleanup: "Engine") -> None:
+def _routed_everything(engine: "Engine", app_id: str) -> bool:
+    """The processor has committed every event of the app's ``sg.events`` partition so far
+    (its router has seen them all)."""
+    topic = engine.settings.events_topic
+    tp = TopicPartition(topic, partition_for(app_id, engine.settings.partitions))
+    c = Consumer({"bootstrap.servers": engine.settings.bootstrap_servers, "group.id": engine.settings.processor_id,
+                  "enable.auto.commit": False})
+    try:
+        end = c.get_watermark_offsets(tp, timeout=10)[1]
+        [committed] = c.committed([tp], timeout=10)
+        return committed.offset >= end
+    finally:
+        c.close()
+
+
+def test_live_events_keep_their_turn_during_a_replay_of_20k_events(engine_cleanup: "Engine") -> None:
     """The B4 bound in behaviour (DESIGN invariant 3): a live event sent while a replay of
-    2,000 events is backlogged starts after at most one replay chunk and one window of the
-    function's replayed runs, not after the replay. Ordering comes from the steps themselves
-    (one monotonic clock: the worker runs in this process); no speed is asserted."""
+    20,000 events is under way starts after at most one replay chunk and one window of the
+    function's replayed runs, not after the replay. The history is sent before the function
+    is registered (so it started no runs of its own), then replayed through it. Ordering comes
+    from the steps themselves (one monotonic clock: the worker runs in this process); no
+    speed is asserted."""
     engine = engine_cleanup
     sg = engine.app("replay-live")
+    history = 20_000
     limit = 4
     lock = threading.Lock()
-    replaying = threading.Event()
-    starts: list[tuple[float, bool]] = []  # (when its step started, live), once the replay runs
+    starts: list[tuple[float, bool]] = []  # (when its step started, live)
 
     def body(live: bool) -> str:
-        if replaying.is_set():
-            with lock:
-                starts.append((time.monotonic(), live))
+        with lock:
+            starts.append((time.monotonic(), live))
         time.sleep(0.005)
         return "ok"
 
@@ -160,41 +179,39 @@ def test_live_events_keep_their_turn_during_a_large_replay(engine_cleanup: "Engi
     def work(ctx: Any, step: Any) -> str:
         return step.run("w", lambda: body(bool(ctx.event["data"].get("live"))))
 
-    engine.start_worker(sg, concurrency=limit)
     since = int(time.time() * 1000) - 1
-    ids = sg.send([{"name": "job", "data": {"n": n}} for n in range(2000)])
-    engine.wait_run(ids[-1], timeout=180)
+    for first in range(0, history, 5_000):
+        sg.send([{"name": "job", "data": {"n": n}} for n in range(first, first + 5_000)])
     until = int(time.time() * 1000) + 1
-    replaying.set()
+    _wait(lambda: _routed_everything(engine, sg.app_id), 120, "the router to pass the history")
+    engine.start_worker(sg, concurrency=limit)  # registers the function: the history ran nothing
     r = engine.http.post("/v1/replays", json={"app_id": sg.app_id, "since": since, "until": until})
-    assert r.status_code == 202
+    assert r.status_code == 202, r.text
     replay_id = r.json()["id"]
-    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").status_code == 200, 30, "the replay to start")
-    _wait(lambda: len(starts) >= 200, 60, "the replay to be under way")  # the rest is backlogged
-    [live] = sg.send({"name": "job", "data": {"live": True}})
-    with lock:  # acknowledged: accepted into sg.events; later starts are stamped after this
-        sent, pending = time.monotonic(), 2000 - len(starts)
-    assert pending > CHUNK_EVENTS + engine.settings.dispatch_window  # a FIFO queue would start them all first
-    live_run = engine.wait_run(live, timeout=120)
-    assert live_run["status"] == "completed"
-    replay_state = engine.http.get(f"/v1/replays/{replay_id}").json()
-    with lock:
-        [live_start] = [t for t, is_live in starts if is_live]
-        replayed = [t for t, is_live in starts if not is_live]
-    ahead = sum(1 for t in replayed if sent < t < live_start)
-    print(f"live run started {(live_start - sent) * 1000:.0f} ms after it was accepted, after {ahead} replayed "
-          f"starts; replay at {replay_state['events_read']}/{replay_state['total']} events")
-    # what may go first: the replay's one chunk of triggers waiting ahead of it in the
-    # function's partition (each run they start, and the results handled meanwhile, start
-    # replayed runs), then one window; with one FIFO queue the whole backlog would
-    window = engine.settings.dispatch_window
-    assert ahead <= CHUNK_EVENTS + window, f"{ahead} replayed runs started between its acceptance and its start"
-    _wait(lambda: engine.http.get(f"/v1/replays/{replay_id}").json().get("status") == "done", 120, "the replay")
-    _wait(lambda: len(starts) >= 2001, 120, "every replayed run to start")
-    with lock:
-        after = sum(1 for t, is_live in starts if not is_live and t > live_start)
-    print(f"{after} of the {pending} replayed runs not started when it was sent started after it")
-    assert after >= pending - ahead  # each of them started, the few above before it and the rest after
+    try:
+        _wait(lambda: len(starts) >= 200, 120, "the replay to be under way")  # the rest is backlogged
+        [live] = sg.send({"name": "job", "data": {"live": True}})
+        with lock:  # acknowledged: accepted into sg.events; later starts are stamped after this
+            sent, pending = time.monotonic(), history - len(starts)
+        assert pending > CHUNK_EVENTS + engine.settings.dispatch_window  # a FIFO queue would start them all first
+        live_run = engine.wait_run(live, timeout=120)
+        assert live_run["status"] == "completed"
+        replay_state = engine.http.get(f"/v1/replays/{replay_id}").json()
+        with lock:
+            [live_start] = [t for t, is_live in starts if is_live]
+            replayed = [t for t, is_live in starts if not is_live]
+        ahead = sum(1 for t in replayed if sent < t < live_start)
+        print(f"live run started {(live_start - sent) * 1000:.0f} ms after it was accepted, after {ahead} replayed "
+              f"starts; {pending} were still to start; replay at {replay_state['events_read']}/"
+              f"{replay_state['total']} events")
+        # what may go first: the replay's one chunk of triggers waiting ahead of it in the
+        # function's partition (each run they start, and the results handled meanwhile, start
+        # replayed runs), then one window; one FIFO queue would start the whole backlog first
+        window = engine.settings.dispatch_window
+        assert ahead <= CHUNK_EVENTS + window, f"{ahead} replayed runs started between its acceptance and its start"
+        assert replay_state["status"] == "running" and replay_state["total"] == history
+    finally:
+        engine.http.delete(f"/v1/replays/{replay_id}")  # the rest of the replay is not this test's
 
 
 def test_a_replay_of_slow_steps_leaves_live_runs_a_share_of_the_window(engine_cleanup: "Engine") -> None:

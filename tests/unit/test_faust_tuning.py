@@ -134,3 +134,27 @@ def test_faust_still_sleeps_before_each_event_of_a_stream() -> None:
 
     source = inspect.getsource(faust_streams.Stream._py_aiter)
     assert "sleep = asyncio.sleep" in source and "await sleep(0)" in source
+
+
+@pytest.mark.parametrize(("asked", "waits"), [(1.0, 0.05), (0.2, 0.05), (0.05, 0.05), (0.01, 0.01), (0.0, 0.0)])
+def test_faust_asks_the_consumer_for_records_waiting_briefly(monkeypatch: pytest.MonkeyPatch, asked: float,
+                                                             waits: float) -> None:
+    """A partition resumed while faust's getmany waits is not in that call: the wait bounds
+    how long its records sit unfetched."""
+    from faust.transport import consumer as faust_consumer
+
+    seen: list[float] = []
+    monkeypatch.setattr(faust_tuning, "_original_getmany", lambda self, timeout: seen.append(timeout) or "records")
+    monkeypatch.setattr(faust_consumer.Consumer, "getmany", faust_consumer.Consumer.getmany)
+    faust_tuning.apply()
+    faust_tuning.apply()  # idempotent: wraps faust's method once
+    assert faust_consumer.Consumer.getmany(object(), asked) == "records"  # type: ignore[arg-type]
+    assert seen == [waits] and faust_tuning.RESUME_PICKUP_S == 0.05
+
+
+def test_faust_still_waits_a_second_for_records_when_draining() -> None:
+    import inspect
+
+    from faust.transport import consumer as faust_consumer
+
+    assert "getmany(timeout=1.0)" in inspect.getsource(faust_consumer.Consumer._drain_messages)
