@@ -271,6 +271,8 @@ class Readback:
                 ids = self._json(value) if value else None
             except ValueError:
                 ids = None
+            if isinstance(ids, dict):  # {"at", "ids"} (a bare list before stop 18)
+                ids = ids.get("ids")
             if isinstance(ids, list) and ids:
                 self.seen_ts.setdefault(ids[-1], ts)
         else:

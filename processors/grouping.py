@@ -6,11 +6,15 @@ State keys in the processor's ``flow`` table (stored: never change without a mig
 
     "deb/"   ‖ app/function ‖ "/" ‖ hex(sha1(key value))   DebounceState JSON
     "batch/" ‖ app/function ‖ "/" ‖ hex(sha1(key value))   BatchState JSON
-    "seen/"  ‖ <one of the two keys above>                 the last RECENT_IDS event ids taken
+    "seen/"  ‖ <one of the two keys above>                 {"at": ms, "ids": [...]}: the last
+                                                            RECENT_IDS event ids taken, and when
+                                                            the last was (a bare list before)
 
 No key expression hashes the empty string. The ``seen/`` record makes a redelivered event
 (a processor that crashed before committing re-reads its input) a no-op even after the
-group it joined has already started its run; it is bounded per key.
+group it joined has already started its run; it is bounded per key, and deleted 24 h after
+its last event (``flow/expiry.py``): a redelivery comes from the span since the last
+commit, seconds old, never a day.
 
 Timer ids in the shared timer table are qualified as ``<flow key>|<decision's timer id>``,
 because a decision's timer ids are only unique within one (function, key).
@@ -104,6 +108,14 @@ def _held(state: debounce.DebounceState | batching.BatchState | None) -> dict[st
     return {}
 
 
+def seen_ids(raw: str | bytes | None) -> list[str]:
+    """The event ids of a ``seen/`` record: ``{"at", "ids"}``, or the bare list written before."""
+    if raw is None:
+        return []
+    value = json.loads(raw)
+    return list(value["ids"]) if isinstance(value, dict) else list(value)
+
+
 def on_event(fn: FunctionDefinition, event: EventRecord, state_of: Callable[[str], str | None],
              now_ms: int) -> Grouped:
     """An admitted event of a debounced or batched function."""
@@ -118,10 +130,10 @@ def on_event(fn: FunctionDefinition, event: EventRecord, state_of: Callable[[str
         return Grouped(skipped=("expression_error", f"{kind}.key failed: {exc}"))
     flow_key = flow_key_for(fn, kind, value)
     seen_key = f"seen/{flow_key}"
-    seen: list[str] = json.loads(state_of(seen_key) or "[]")
+    seen = seen_ids(state_of(seen_key))
     if event.id in seen:
         return Grouped()  # redelivered: it is in a group or a run already
-    result = Grouped(puts={seen_key: json.dumps((seen + [event.id])[-RECENT_IDS:])})
+    result = Grouped(puts={seen_key: json.dumps({"at": now_ms, "ids": (seen + [event.id])[-RECENT_IDS:]})})
     state = _load(kind, state_of(flow_key))
     known = {**_held(state), event.id: event}
     size = len(event.dumps())

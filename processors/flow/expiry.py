@@ -13,10 +13,11 @@ key prefix            record                     may be deleted from
 ``th/``               throttle GCRA state        the same
 ``idem/``             idempotency key            first seen + 24 h (a repeat is admitted again)
 ``dedup/``            event-id dedup record      first seen + 24 h
+``seen/``             a debounce / batch key's   its last event + 24 h (a redelivery is seconds
+                      recent event ids           old); one written before it held a time: never
 anything else         debounce / batch groups,   never by this sweep: they end when their run
-                      their ``seen/`` ids,       starts (groups), when the run ends (locks), or
-                      singleton locks, cron      are one per function (cron); ``seen/`` records
-                                                 are bounded per key (see the README's limits)
+                      singleton locks, cron      starts (groups), when the run ends (locks), or
+                                                 are one per function (cron)
 ====================  =========================  =============================================
 
 A record that cannot be decoded is left alone (it is not ours to judge).
@@ -30,9 +31,12 @@ reads per key and never a long pause.
 
 from __future__ import annotations
 
+import json
 from typing import Iterable
 
 from pydantic import ValidationError
+
+from ...flow_config import EVENT_DEDUP_PERIOD_MS
 
 from . import idempotency as idem
 from . import rate_limit as rl
@@ -50,6 +54,11 @@ def expires_at(key: bytes, value: bytes) -> int | None:
             return idem.idempotency_expires_at(idem.IdempotencyState.model_validate_json(value))
         if key.startswith(b"dedup/"):
             return idem.event_dedup_expires_at(idem.IdempotencyState.model_validate_json(value))
+        if key.startswith(b"seen/"):
+            record = json.loads(value)
+            if isinstance(record, dict) and isinstance(record.get("at"), int):
+                return record["at"] + EVENT_DEDUP_PERIOD_MS
+            return None
     except (ValidationError, ValueError):
         return None
     return None

@@ -74,15 +74,24 @@ def test_a_redelivered_event_is_ignored_even_after_its_group_started() -> None:
     again = grouping.on_event(BAT, ev(2, bulk=True), store.get, NOW + 2)
     assert again == grouping.Grouped()
     seen = json.loads(store[f"seen/{grouping.flow_key_for(BAT, 'batch', None)}"])
-    assert seen == ["e1", "e2"]
+    assert seen == {"at": NOW + 1, "ids": ["e1", "e2"]}  # when the last was taken: it goes a day later
 
 
 def test_seen_ids_are_bounded() -> None:
     store = Store()
     for n in range(grouping.RECENT_IDS + 5):
         store.apply(grouping.on_event(BAT, ev(n, bulk=False), store.get, NOW + n))
-    seen = json.loads(store[f"seen/{grouping.flow_key_for(BAT, 'batch', None)}"])
+    seen = grouping.seen_ids(store[f"seen/{grouping.flow_key_for(BAT, 'batch', None)}"])
     assert len(seen) == grouping.RECENT_IDS and seen[-1] == f"e{grouping.RECENT_IDS + 4}"
+
+
+def test_a_seen_record_written_before_it_held_a_time_still_dedups() -> None:
+    store = Store()
+    key = f"seen/{grouping.flow_key_for(BAT, 'batch', None)}"
+    store[key] = json.dumps(["e1"])  # the bare list of earlier versions
+    assert grouping.on_event(BAT, ev(1, bulk=True), store.get, NOW) == grouping.Grouped()
+    store.apply(grouping.on_event(BAT, ev(2, bulk=True), store.get, NOW + 5))
+    assert json.loads(store[key]) == {"at": NOW + 5, "ids": ["e1", "e2"]}
 
 
 @pytest.mark.parametrize(("data", "batched"), [({"bulk": True}, True), ({"bulk": False}, False), ({}, False)])
