@@ -51,7 +51,6 @@ import faust.streams as faust_streams
 from faust.types import TP, EventT
 from confluent_kafka.admin import NewTopic
 
-from ..events import RESERVED_PREFIX
 from ..expressions import ExpressionError, evaluate
 from ..kafka_clients import CompactedView
 from ..partitioning import function_key, partition_for
@@ -77,14 +76,13 @@ from .flow import expiry as flow_expiry
 from .reread_window import RereadWindow
 from .retention_stage import RetentionStage
 from .run_decisions import (Action, Decision, DeleteTimer, Dispatch, DropWait, EmitEvent,
-                            RegisterWait, StartTimer, cancel, decide, rerun, standing_outputs)
+                            RegisterWait, StartTimer, cancel, decide, rerun, skip_notice, standing_outputs)
 from .table_reads import stored
 from .wait_router import CONTROL_PREFIX, WaitRouter, control_add, control_drop
 
 log = logging.getLogger("sluicegate.processor")
 
 MAX_RECORD_BYTES = int(MAX_MESSAGE_BYTES)
-SKIPPED_EVENT = "sluicegate/run.skipped"
 REGISTRY_WAIT_S = 2.0       # how long an unmatched live event waits for the registry to catch up
 LIVE_EVENT_WINDOW_MS = 5000  # only events younger than this wait for the registry
 IDLE_FLUSH_AFTER_S = 0.001   # idle this long: the producer's lingering records go at once
@@ -535,7 +533,7 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
         if not decision.changed or decision.state is None:
             return
         state = decision.state
-        if state.status == "skipped" and not state.events[0]["name"].startswith(RESERVED_PREFIX):
+        if state.status == "skipped":
             await self._announce_skip(state)
         self.runs[state.run_id.encode()] = state.model_dump_json().encode()
         if state.finished:
@@ -653,14 +651,11 @@ class Processor(FlowStage, DispatchStage, WaitRouter, ReplayStage, RetentionStag
                              partition_for(run_id, self.settings.partitions))
 
     async def _announce_skip(self, run: RunState) -> None:
-        """A ``sluicegate/run.skipped`` event (never for system events, so a function
-        triggered by skip notices cannot feed itself)."""
+        """A ``sluicegate/run.skipped`` event (``run_decisions.skip_notice``)."""
+        notice = skip_notice(run)
+        if notice is None:
+            return
         log.info("run %s of %s/%s skipped: %s", run.run_id, run.app_id, run.function_id, run.skip_reason)
-        notice = EventRecord(
-            app_id=run.app_id, id=f"skip-{run.run_id}", name=SKIPPED_EVENT, ts=run.created_at,
-            received_at=run.created_at,
-            data={"function_id": run.function_id, "run_id": run.run_id, "reason": run.skip_reason,
-                  "detail": run.skip_detail, "event": run.events[0] if run.events else None})
         await self._send(self.settings.events_topic, run.app_id, notice.dumps(),
                          partition_for(run.app_id, self.settings.partitions))
 

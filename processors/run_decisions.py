@@ -43,7 +43,8 @@ from typing import Any, Literal, Union
 from .. import limits
 from ..durations import MAX_SLEEP_MS
 from ..expressions import InvalidExpression
-from ..system_events import CANCELLED_EVENT, END_EVENTS, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT
+from ..events import RESERVED_PREFIX
+from ..system_events import CANCELLED_EVENT, END_EVENTS, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT, SKIPPED_EVENT
 from ..state.dispatch_record import BRANCH_MARK
 from ..state.run_state import CurrentJob, PendingStep, RunState, StepRecord
 from ..wire import (CancelRun, ErrorInfo, EventRecord, FunctionDefinition, Job, RerunRun, StepAttemptView,
@@ -372,10 +373,23 @@ def end_events(run: RunState, now_ms: int) -> list[EventRecord]:
     return out
 
 
+def skip_notice(run: RunState) -> EventRecord | None:
+    """The ``sluicegate/run.skipped`` event of a run flow control did not admit, or None for a
+    run started by a system event (a function triggered by skip notices cannot feed itself)."""
+    if run.status != "skipped" or (run.events and str(run.events[0].get("name", "")).startswith(RESERVED_PREFIX)):
+        return None
+    return EventRecord(
+        app_id=run.app_id, id=f"skip-{run.run_id}", name=SKIPPED_EVENT, ts=run.created_at,
+        received_at=run.created_at,
+        data={"function_id": run.function_id, "run_id": run.run_id, "reason": run.skip_reason,
+              "detail": run.skip_detail, "event": run.events[0] if run.events else None})
+
+
 def standing_outputs(run: RunState) -> list[Action]:
     """What the run as it stands needs other partitions to hold: its live waiters (``cancel_on``,
     a pending wait or invoke) and an invoke's event while it waits, or, once it has ended, its
-    system events (:func:`end_events`) and the removal of its ``cancel_on`` waiters.
+    system events (:func:`end_events`, a skipped run's :func:`skip_notice`) and the removal of
+    its ``cancel_on`` waiters.
 
     A command read again after a crash can find its state already written (RocksDB keeps what
     the dead process wrote) while the outputs it produced died with the process; the processor
@@ -388,6 +402,9 @@ def standing_outputs(run: RunState) -> list[Action]:
     """
     if run.finished:
         out: list[Action] = [DropWait("drop_wait", run.app_id, wait_id) for wait_id in run.cancel_waits]
+        notice = skip_notice(run)
+        if notice is not None:
+            out.append(EmitEvent("emit_event", notice))
         out.extend(EmitEvent("emit_event", e) for e in end_events(run, run.ended_at or run.created_at))
         return out
     out = []

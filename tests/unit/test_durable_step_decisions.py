@@ -21,11 +21,11 @@ from sluicegate.processors.event_waits import Waiter, accepts
 from sluicegate.processors.run_decisions import (MAX_END_EVENT_EVENTS_BYTES, Decision, DeleteTimer, Dispatch,
                                                DispatchRef, DropWait, EmitEvent, RegisterWait, StartTimer, decide,
                                                end_events, finish_timeout_timer, job_for, queued, skip_queued,
-                                               standing_outputs, start_timeout_timer)
+                                               skip_notice, standing_outputs, start_timeout_timer)
 from sluicegate.sdk import Sluicegate, StepError, testing
 from sluicegate.sdk.step import step_hash
 from sluicegate.state.run_state import PendingStep, RunState, StepRecord
-from sluicegate.system_events import CANCELLED_EVENT, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT
+from sluicegate.system_events import CANCELLED_EVENT, FAILED_EVENT, FINISHED_EVENT, INVOKED_EVENT, SKIPPED_EVENT
 from sluicegate.wire import (CancelRun, ErrorInfo, EventRecord, EventTrigger, FunctionDefinition, StepOutcome,
                              StepView, TimerFired, Trigger, WaitResolved)
 
@@ -1035,9 +1035,32 @@ def test_standing_outputs_of_a_run_cancelled_while_waiting_leave_out_the_wait_it
     assert standing_outputs(_reloaded(state_of(d))) == [a for a in _outputs(d) if a != pending_drop]
 
 
-def test_standing_outputs_of_a_skipped_run_drop_its_cancel_waiter_and_tell_no_one() -> None:
+def test_standing_outputs_of_a_replaced_queued_run_drop_its_cancel_waiter_and_announce_the_skip() -> None:
     d = skip_queued(_lc_queued(), "singleton", "replaced", NOW + 5)
-    assert standing_outputs(_reloaded(state_of(d))) == _outputs(d) == [CANCEL_WAIT]
+    run = state_of(d)
+    notice = skip_notice(run)
+    assert notice is not None  # what the processor announced when it applied the decision
+    assert standing_outputs(_reloaded(run)) == [*_outputs(d), EmitEvent("emit_event", notice)]
+    assert _outputs(d) == [CANCEL_WAIT]
+
+
+@pytest.mark.parametrize(("first", "announced"), [
+    pytest.param(PAYLOAD, True, id="an-ordinary-event"),
+    pytest.param({"id": "f1", "name": FINISHED_EVENT, "ts": NOW, "data": {}}, False, id="a-system-event-never"),
+])
+def test_a_run_skipped_by_flow_control_announces_its_skip_again_when_read_again(first: dict[str, Any],
+                                                                                announced: bool) -> None:
+    run = RunState(run_id=RUN, app_id=APP, function_id=FN, function=definition(), status="skipped",
+                   events=[first], event_ids=[first["id"]], created_at=NOW, ended_at=NOW,
+                   skip_reason="rate_limited", skip_detail="rate limit 1 per 60000 ms")
+    notice = skip_notice(run)
+    if not announced:
+        assert notice is None and standing_outputs(run) == []
+        return
+    assert notice == EventRecord(app_id=APP, id=f"skip-{RUN}", name=SKIPPED_EVENT, ts=NOW, received_at=NOW,
+                                 data={"function_id": FN, "run_id": RUN, "reason": "rate_limited",
+                                       "detail": "rate limit 1 per 60000 ms", "event": PAYLOAD})
+    assert standing_outputs(_reloaded(run)) == [EmitEvent("emit_event", notice)]
 
 
 def test_a_pending_wait_stored_before_waiters_were_kept_sends_only_the_cancel_waiter() -> None:
