@@ -34,25 +34,8 @@ class ProcessorProcess:
         self.proc: subprocess.Popen[bytes] | None = None
 
     def env(self) -> dict[str, str]:
-        s = self.settings
         env = dict(os.environ)
-        env.update({
-            "SLUICEGATE_BOOTSTRAP_SERVERS": s.bootstrap_servers,
-            "SLUICEGATE_TOPIC_PREFIX": s.topic_prefix,
-            "SLUICEGATE_PARTITIONS": str(s.partitions),
-            "SLUICEGATE_DATA_DIR": str(s.data_dir),
-            "SLUICEGATE_PROCESSOR_ID": s.processor_id,
-            "SLUICEGATE_SESSION_TIMEOUT_S": str(s.session_timeout_s),
-            "SLUICEGATE_COMMIT_INTERVAL_S": str(s.commit_interval_s),
-            "SLUICEGATE_LOG_LEVEL": s.log_level,
-            "SLUICEGATE_DISPATCH_WINDOW": str(s.dispatch_window),
-            "SLUICEGATE_REPLAY_WINDOW_SHARE": str(s.replay_window_share),
-            "SLUICEGATE_LEASE_MS": str(s.lease_ms),
-            "SLUICEGATE_RUN_RETENTION_MS": str(s.run_retention_ms),
-            "SLUICEGATE_PROCESSOR_FETCH_WAIT_MS": str(s.processor_fetch_wait_ms),
-            "SLUICEGATE_PROCESSOR_BUFFER": str(s.processor_buffer),
-            "SLUICEGATE_PROCESSOR_FETCH_BYTES": str(s.processor_fetch_bytes),
-        })
+        env.update(self.settings.as_env())  # every setting, so the child runs with exactly these
         return env
 
     def start(self, timeout: float = 90.0) -> "ProcessorProcess":

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
         "and `sg.worker(concurrency=...)` override it)."))
     log_level: str = "INFO"
 
+    def as_env(self) -> dict[str, str]:
+        """Every setting as the environment variable that sets it (unset ones left out): what a
+        child process needs to run with exactly these settings."""
+        out: dict[str, str] = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            out[f"SLUICEGATE_{name.upper()}"] = str(value).lower() if isinstance(value, bool) else str(value)
+        return out
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}.{name}"
 
