@@ -55,15 +55,16 @@ class RetentionStage:
         if at is not None:
             self.expiry[expiry_key(at, run.run_id)] = b""
 
+    def _partitions_to_ask(self, sent: dict[int, int], now: int) -> list[int]:
+        """Owned partitions of ``sg.commands`` with no such housekeeping command in flight
+        (``sent``: when one was sent; one not handled within ``RESEND_AFTER_MS`` was lost)."""
+        return [tp.partition for tp in self.app.assignor.assigned_actives()
+                if tp.topic == self.settings.commands_topic
+                and (tp.partition not in sent or now - sent[tp.partition] >= RESEND_AFTER_MS)]
+
     async def _sweep_expired(self, now: int) -> None:
         """Ask each owned partition whose first expiry entry is due to delete its runs."""
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic != self.settings.commands_topic:
-                continue
-            p = tp.partition
-            sent = self._expiry_sent.get(p)
-            if sent is not None and now - sent < RESEND_AFTER_MS:
-                continue
+        for p in self._partitions_to_ask(self._expiry_sent, now):
             due, _more = due_entries(keys_in_order(self.expiry, p), now, 1)
             if due:
                 self._expiry_sent[p] = now
@@ -98,13 +99,7 @@ class RetentionStage:
     async def _sweep_flow_partitions(self, now: int) -> None:
         """Read each owned partition's next slice of the ``flow`` table; when it holds records
         to delete, ask the partition to delete them (``SweepFlow``), else move on."""
-        for tp in self.app.assignor.assigned_actives():
-            if tp.topic != self.settings.commands_topic:
-                continue
-            p = tp.partition
-            sent = self._flow_sweep_sent.get(p)
-            if sent is not None and now - sent < RESEND_AFTER_MS:
-                continue
+        for p in self._partitions_to_ask(self._flow_sweep_sent, now):
             deletes, cursor = sweep(items_from(self.flow, p, self._flow_cursor.get(p)), now, FLOW_SWEEP_BATCH)
             if not deletes:
                 self._flow_cursor[p] = cursor
