@@ -39,3 +39,16 @@ def test_the_child_gets_the_settings_over_the_parents_environment(monkeypatch: p
     env = ProcessorProcess(custom(), Path("/tmp/p.log")).env()
     assert env["SLUICEGATE_RUN_RETENTION_MS"] == "5000"
     assert env["SLUICEGATE_BOOTSTRAP_SERVERS"] == "broker:9092"  # read before KAFKA_BOOTSTRAP_SERVERS
+
+
+@pytest.mark.parametrize("value", [0, 999, -1])
+def test_run_retention_below_a_second_is_refused_naming_the_setting(value: int) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as err:
+        Settings(run_retention_ms=value)
+    assert "run_retention_ms" in str(err.value) and "1000" in str(err.value)
+
+
+def test_run_retention_of_a_second_is_accepted() -> None:
+    assert Settings(run_retention_ms=1000).run_retention_ms == 1000
